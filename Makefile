@@ -1,0 +1,76 @@
+# Thin targets over the project's own commands. `make help` lists them.
+# Every target that needs Python sets up .venv itself (uv, from the lock file), so on a fresh
+# machine `make demo` and `make test` are the only two commands needed.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed
+SL := $(VENV)/bin/stream-lstm
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements/dev.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check 'uv>=0.4,<1'
+	$(UV) pip install --python $(PY) -q -r requirements/dev.lock
+	$(UV) pip install --python $(PY) -q --no-deps -e .
+	@touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv with the package and dev tools (from requirements/dev.lock)
+
+.PHONY: lock
+lock: $(STAMP) ## re-resolve requirements/dev.lock from pyproject.toml
+	$(UV) pip compile --universal --python-version 3.11 pyproject.toml --extra dev -o requirements/dev.lock -q
+
+.PHONY: lint
+lint: $(STAMP) ## ruff lint + format check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: fmt
+fmt: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+.PHONY: system-deps
+system-deps: ## Debian packages the tests use (redis-server, docker-compose, promtool), if missing
+	@deploy/local/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose promtool:prometheus
+
+.PHONY: test
+test: lint system-deps ## lint, then every test (unit + integration on a real Kafka broker and Redis the tests start)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: $(STAMP) system-deps ## unit tests only (no network)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-integration
+test-integration: $(STAMP) system-deps ## integration tests only (real Kafka + Redis)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: $(STAMP) ## run the demo on the local stack, then stop what it started
+	$(SL) demo
+
+.PHONY: stack-up stack-down stack-status
+stack-up: $(STAMP) ## start the local Kafka broker and Redis
+	$(SL) stack up
+stack-down: $(STAMP) ## stop them by PID
+	$(SL) stack down
+stack-status: $(STAMP) ## address, PID and RSS of each
+	$(SL) stack status
+
+.PHONY: clean
+clean: ## remove the venv and build outputs (not the cached Kafka jars)
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Subcommands of ``stream-lstm``: one module each, with ``register(subparsers)``."""

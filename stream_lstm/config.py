@@ -1,0 +1,152 @@
+"""Typed, frozen settings: flags > environment (``STREAM_LSTM_…``) > TOML file > defaults.
+
+Each command has one settings class. The CLI passes only the flags a user actually gave, so an
+environment variable or a TOML value is never shadowed by an argparse default. Secrets are
+``SecretStr`` and never printed; URLs are shown through :func:`redact_url`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from stream_lstm.errors import ConfigError
+
+# The TOML document given with --config, for the duration of one settings build.
+_TOML: ContextVar[dict[str, Any]] = ContextVar("stream_lstm_toml", default={})  # noqa: B039
+
+S = TypeVar("S", bound="Settings")
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "stream-lstm"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "stream-lstm"
+
+
+class _TomlSection(PydanticBaseSettingsSource):
+    """Values from the ``[section]`` of the TOML file (dashes in names become underscores)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], section: str) -> None:
+        super().__init__(settings_cls)
+        doc = _TOML.get()
+        raw = doc.get(section, {})
+        self._values = {k.replace("-", "_"): v for k, v in raw.items()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)  # unknown names reach validation and are refused there
+
+
+class Settings(BaseSettings):
+    """Base for every command's settings."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_")
+    toml_section: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        section = getattr(settings_cls, "toml_section", "")
+        return (init_settings, env_settings, _TomlSection(settings_cls, section))
+
+
+def load_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def build_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
+    """Build ``cls`` from flags (only those not None), env vars and the TOML file.
+
+    A ValidationError becomes a ConfigError that names the flag and the environment variable.
+    """
+    given = {k: v for k, v in flags.items() if v is not None}
+    token = _TOML.set(load_toml(config_file))
+    try:
+        return cls(**given)
+    except ValidationError as e:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = []
+        for err in e.errors():
+            if not err["loc"]:  # a check across fields
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            name = str(err["loc"][0])
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(sorted(cls.model_fields))
+                lines.append(f"unknown setting {name!r} (known: {known})")
+                continue
+            where = f"--{name.replace('_', '-')} / {prefix}{name.upper()}"
+            lines.append(f"{where}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    finally:
+        _TOML.reset(token)
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host`` → ``redis://user:***@host``: safe for logs and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class StackSettings(Settings):
+    """Where the local stack lives and which ports it uses."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_STACK_")
+    toml_section: ClassVar[str] = "stack"
+
+    dir: Path = default_state_dir() / "stack"
+    cache_dir: Path = default_cache_dir()
+    host: str = "127.0.0.1"
+    kafka_port: Port = 9092
+    controller_port: Port = 9093
+    redis_port: Port = 6379
+    kafka_heap: Annotated[str, Field(pattern=r"^[0-9]+[mMgG]$")] = "512m"
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Self:
+        ports = [self.kafka_port, self.controller_port, self.redis_port]
+        if len(set(ports)) != len(ports):
+            raise ValueError(
+                f"--kafka-port, --controller-port and --redis-port must differ (got {ports})"
+            )
+        return self

@@ -1,0 +1,111 @@
+"""Session-scoped real Apache Kafka broker and Redis for integration tests.
+
+If ``STREAM_LSTM_KAFKA`` (bootstrap servers) / ``STREAM_LSTM_REDIS`` (a redis:// URL) point at
+running services, they are used as they are. Otherwise the project's stack code starts them on
+free ports in a temporary directory and stops them (by PID) when the session ends.
+
+Each test gets its own topics (``topic_factory``) and consumer group (``group_id``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_lstm.config import default_cache_dir
+from stream_lstm.stack import Stack
+from stream_lstm.stack.procs import free_port
+
+
+@dataclass(frozen=True)
+class Services:
+    bootstrap: str
+    redis_url: str
+    stack: Stack | None  # the stack this session started, None when env vars gave both
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    kafka_env = os.environ.get("STREAM_LSTM_KAFKA")
+    redis_env = os.environ.get("STREAM_LSTM_REDIS")
+    stack = None
+    started = []
+    if not (kafka_env and redis_env):
+        stack = Stack(
+            tmp_path_factory.mktemp("stack"),
+            default_cache_dir(),
+            kafka_port=free_port(),
+            controller_port=free_port(),
+            redis_port=free_port(),
+            kafka_heap="384m",
+        )
+    try:
+        if not redis_env:
+            assert stack is not None
+            stack.redis.start(fresh=True)
+            started.append(stack.redis)
+        if not kafka_env:
+            assert stack is not None
+            stack.kafka.start(fresh=True)
+            started.append(stack.kafka)
+        yield Services(
+            bootstrap=kafka_env or (stack.bootstrap if stack else ""),
+            redis_url=redis_env or (stack.redis_url if stack else ""),
+            stack=stack,
+        )
+    finally:
+        for comp in reversed(started):
+            comp.stop(grace_s=20)
+
+
+@pytest.fixture(scope="session")
+def bootstrap(services: Services) -> str:
+    return services.bootstrap
+
+
+@pytest.fixture(scope="session")
+def admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+@pytest.fixture
+def topic_factory(admin: AdminClient) -> Iterator[Callable[..., str]]:
+    """Create uniquely named topics for one test; delete them afterwards."""
+    created: list[str] = []
+
+    def make(prefix: str = "t", partitions: int = 1, **config: str) -> str:
+        name = unique(prefix)
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)],
+            operation_timeout=30,
+        )
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for f in admin.delete_topics(created, operation_timeout=30).values():
+            f.result(timeout=30)
+
+
+@pytest.fixture
+def group_id() -> str:
+    return unique("g")
+
+
+@pytest.fixture
+def redis_client(services: Services) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(services.redis_url)
+    yield client
+    client.close()
