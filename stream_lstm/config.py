@@ -11,12 +11,12 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream_lstm.errors import ConfigError
 
@@ -25,6 +25,17 @@ _TOML: ContextVar[dict[str, Any]] = ContextVar("stream_lstm_toml", default={})  
 
 S = TypeVar("S", bound="Settings")
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _split_csv(v: Any) -> Any:
+    """``"a, b"`` → ``["a", "b"]`` (flags and environment variables); lists pass through."""
+    if isinstance(v, str):
+        return [part.strip() for part in v.split(",") if part.strip()]
+    return v
+
+
+CsvList = Annotated[list[str], NoDecode, BeforeValidator(_split_csv)]
+CsvFloats = Annotated[list[float], NoDecode, BeforeValidator(_split_csv)]
 
 
 def default_state_dir() -> Path:
@@ -150,3 +161,51 @@ class StackSettings(Settings):
                 f"--kafka-port, --controller-port and --redis-port must differ (got {ports})"
             )
         return self
+
+
+class DataSettings(Settings):
+    """Which file to read and what its columns mean (``--dataset`` fills these in)."""
+
+    data: Path | None = None
+    dataset: str | None = None
+    key_col: str | None = None
+    time_col: str | None = None
+    features: CsvList | None = None
+    targets: CsvList | None = None
+
+
+class TrainSettings(DataSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_TRAIN_")
+    toml_section: ClassVar[str] = "train"
+
+    out: Path
+    model: Literal["lstm", "cnn-lstm-attn"] = "lstm"
+    time_step: Annotated[int, Field(ge=1)] | None = None
+    horizon: Annotated[int, Field(ge=1)] | None = None
+    hidden_size: Annotated[int, Field(ge=1)] | None = None
+    layers: Annotated[int, Field(ge=1)] = 2
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    learned_init: bool = False
+    quantiles: CsvFloats | None = None
+    conv_channels: Annotated[int, Field(ge=1)] = 32
+    conv_kernel: Annotated[int, Field(ge=1)] = 3
+    loss: Literal["mse", "mae", "pinball"] | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    clip: Annotated[float, Field(gt=0)] = 1.0
+    patience: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 0
+    tbptt_chunks: Annotated[int, Field(ge=1)] = 8
+    device: str = "auto"
+    scaling: Literal["global", "per-key"] | None = None
+    log1p: CsvList | None = None
+    calendar: CsvList | None = None
+    timezone: str | None = None
+    split: CsvFloats = Field(default_factory=lambda: [0.7, 0.15, 0.15])
+    split_dates: CsvList | None = None
+    fill: Literal["interpolate", "ffill", "zero"] = "interpolate"
+    max_gap: Annotated[int, Field(ge=0)] = 24
+    repair: bool = True
+    repair_window: Annotated[int, Field(ge=3)] = 25
+    repair_k: Annotated[float, Field(gt=0)] = 6.0

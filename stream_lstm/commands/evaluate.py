@@ -1,0 +1,114 @@
+"""``stream-lstm evaluate``: score a model against persistence and seasonal naive baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from stream_lstm.commands._data import add_data_flags, data_flags, resolve_series
+from stream_lstm.config import DataSettings, build_settings
+from stream_lstm.errors import ConfigError
+
+if TYPE_CHECKING:  # keeps `stream-lstm --help` free of torch
+    from stream_lstm.evaluate import EvalResult
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model on a data file next to persistence and seasonal naive",
+        description=(
+            "Run the model over the file exactly as the stream worker would (each key from its "
+            "first row) and score the forecasts made in the chosen split against the actuals "
+            "that follow: MSE, MAE, RMSE and sMAPE per horizon step and overall, in original "
+            "units and standardised, next to persistence and seasonal naive on the same "
+            "(origin, step) pairs. Prints a table and writes JSON."
+        ),
+        epilog="example: stream-lstm evaluate --model models/vic_elec --dataset vic_elec",
+    )
+    p.add_argument("--model", type=Path, required=True, help="artifact directory")
+    add_data_flags(p, columns=False)
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="which span to score, with the model's training cut dates (default test)",
+    )
+    p.add_argument("--season", type=int, help="seasonal naive period in steps (default: inferred)")
+    p.add_argument("--out", type=Path, help="JSON file to write (default <model>/evaluation.json)")
+    p.add_argument("--plots", type=Path, help="directory for PNG plots (default: none)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream_lstm.data.loading import load_frame
+    from stream_lstm.data.splits import SplitPoints
+    from stream_lstm.evaluate import evaluate, plot_all
+    from stream_lstm.model.artifact import load_artifact
+    from stream_lstm.model.runtime import Forecaster
+
+    artifact = load_artifact(args.model)
+    cfg = artifact.config
+    s = build_settings(DataSettings, None, **data_flags(args))
+    path, spec, _ = resolve_series(s, cfg.data, (list(cfg.features), list(cfg.targets)))
+    frame, _ = load_frame(path, spec)
+    cut = cfg.data.get("split") or {}
+    points = None
+    if args.split != "all":
+        if not cut:
+            raise ConfigError("the model records no split dates; use --split all")
+        points = SplitPoints(int(cut["val_start_ms"]), int(cut["test_start_ms"]))
+    result = evaluate(Forecaster(artifact), frame, points, args.split, args.season)
+    out = args.out or args.model / "evaluation.json"
+    out.write_text(
+        json.dumps({"model": artifact.version, "data": str(path), **result.to_json()}, indent=1)
+    )
+    console = Console()
+    print_scores(console, result)
+    if args.plots:
+        for png in plot_all(args.plots, None, result):
+            console.print(f"plot: {png}")
+    console.print(f"written: {out}")
+    return 0
+
+
+def print_scores(console: Console, result: EvalResult) -> None:
+    """Overall metrics per method, then MAE at a few horizon steps."""
+    from stream_lstm.evaluate import METHODS
+
+    t = Table(
+        title=f"{result.split} span: {result.origins} forecast origins, horizon {result.horizon}, "
+        f"season {result.season}"
+    )
+    t.add_column("method")
+    for m in ("MAE", "RMSE", "sMAPE %", "MAE (std.)", "RMSE (std.)"):
+        t.add_column(m, justify="right")
+    for name in METHODS:
+        o = result.scores[name]["original"]["overall"]
+        z = result.scores[name]["standardised"]["overall"]
+        t.add_row(
+            name.replace("_", " "),
+            f"{o['mae']:.4g}",
+            f"{o['rmse']:.4g}",
+            f"{o['smape']:.2f}",
+            f"{z['mae']:.4f}",
+            f"{z['rmse']:.4f}",
+        )
+    console.print(t)
+    H = result.horizon
+    steps = sorted({1, max(1, H // 4), max(1, H // 2), H})
+    t2 = Table(title="MAE by horizon step (original units)")
+    t2.add_column("method")
+    for h in steps:
+        t2.add_column(f"h={h}", justify="right")
+    for name in METHODS:
+        mae = result.scores[name]["original"]["per_h"]["mae"]
+        t2.add_row(name.replace("_", " "), *(f"{mae[h - 1]:.4g}" for h in steps))
+    console.print(t2)
+    if result.coverage:
+        console.print(f"interval coverage: {result.coverage}")

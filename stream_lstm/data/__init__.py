@@ -1,0 +1,1 @@
+"""Data pipeline: loading and validation, anomaly repair, splits, windows, calendar features."""

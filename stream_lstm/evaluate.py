@@ -1,0 +1,296 @@
+"""Evaluation as the stream sees it, next to two baselines on exactly the same (origin, h) pairs.
+
+Forecasts are the ones the worker would publish: each key runs from its first row through the
+rows as they are (no gap filling, no anomaly repair). A forecast made at time t for step h is
+scored against the actual at t + h·interval when that row exists. Baselines on the same pairs:
+persistence (the last value) and seasonal naive (the value one season before the target time).
+Metrics: MSE, MAE, RMSE, sMAPE per horizon step and overall, in original units and on the
+standardised scale the model is trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+
+from stream_lstm.data.calendar import MS_PER_DAY
+from stream_lstm.data.loading import KEY, TS
+from stream_lstm.data.splits import SplitPoints
+from stream_lstm.errors import DataError
+from stream_lstm.model.runtime import Forecaster
+
+METHODS = ("model", "persistence", "seasonal_naive")
+METRICS = ("mse", "mae", "rmse", "smape")
+
+
+def stream_rows(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """The rows the worker would apply: every feature present (others are dead-lettered)."""
+    ok = frame[features].notna().all(axis=1)
+    return frame[ok].reset_index(drop=True)
+
+
+def lookup(frame: pd.DataFrame, targets: list[str], when: np.ndarray) -> np.ndarray:
+    """Values of ``targets`` at times ``when [N, H]`` of each row's key: ``[N, H, n_t]``.
+
+    NaN where the key has no row at that time.
+    """
+    out = np.full((*when.shape, len(targets)), np.nan)
+    for _, idx in frame.groupby(KEY, sort=False).indices.items():
+        ts = frame[TS].to_numpy()[idx]
+        vals = frame[targets].to_numpy(dtype=np.float64)[idx]
+        w = when[idx]
+        pos = np.clip(np.searchsorted(ts, w), 0, len(ts) - 1)
+        hit = ts[pos] == w
+        out[idx] = np.where(hit[..., None], vals[pos], np.nan)
+    return out
+
+
+def infer_season(frame: pd.DataFrame, target: str, interval_ms: int) -> int:
+    """Daily or weekly season in steps, whichever autocorrelates more on the data given."""
+    candidates = [
+        c
+        for c in (MS_PER_DAY // interval_ms, 7 * MS_PER_DAY // interval_ms)
+        if c >= 2 and (c * interval_ms) % MS_PER_DAY == 0
+    ]
+    if not candidates:
+        return 1
+    best, best_r = candidates[0], -np.inf
+    for c in candidates:
+        lagged = lookup(frame, [target], frame[TS].to_numpy()[:, None] - c * interval_ms)[:, 0, 0]
+        y = frame[target].to_numpy(dtype=np.float64)
+        ok = np.isfinite(lagged) & np.isfinite(y)
+        if ok.sum() > 10:
+            r = float(np.corrcoef(y[ok], lagged[ok])[0, 1])
+            if r > best_r:
+                best, best_r = c, r
+    return int(best)
+
+
+def _metrics(pred: np.ndarray, actual: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """pred, actual ``[N, H, n_t]``, mask ``[N, H]`` → per-h lists and overall values."""
+    m = mask[..., None] & np.isfinite(actual) & np.isfinite(pred)
+    err = np.where(m, pred - actual, 0.0)
+    denom = np.abs(actual) + np.abs(pred)
+    sm = np.where(m & (denom > 0), 2 * np.abs(err) / np.where(denom > 0, denom, 1), 0.0)
+    n_h = m.sum(axis=(0, 2))  # [H]
+    n = int(m.sum())
+
+    def per(x: np.ndarray) -> list[float]:
+        return [float(v) for v in x.sum(axis=(0, 2)) / np.maximum(n_h, 1)]
+
+    mse_h, mae_h, smape_h = per(err**2), per(np.abs(err)), per(sm * 100)
+    mse = float((err**2).sum() / max(n, 1))
+    return {
+        "count": n,
+        "overall": {
+            "mse": mse,
+            "mae": float(np.abs(err).sum() / max(n, 1)),
+            "rmse": math.sqrt(mse),
+            "smape": float(sm.sum() * 100 / max(n, 1)),
+        },
+        "per_h": {
+            "mse": mse_h,
+            "mae": mae_h,
+            "rmse": [math.sqrt(v) for v in mse_h],
+            "smape": smape_h,
+        },
+    }
+
+
+@dataclass
+class EvalResult:
+    split: str
+    season: int
+    horizon: int
+    targets: list[str]
+    origins: int
+    scores: dict[str, dict[str, dict[str, Any]]]  # method → scale → metrics
+    coverage: dict[str, float] = field(default_factory=dict)
+    # for plots: a few keys' recent actuals and forecasts (original units)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def overall(self, method: str, scale: str = "original") -> dict[str, float]:
+        return dict(self.scores[method][scale]["overall"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "season": self.season,
+            "horizon": self.horizon,
+            "targets": self.targets,
+            "origins": self.origins,
+            "scores": self.scores,
+            "coverage": self.coverage,
+        }
+
+
+def evaluate(
+    fc: Forecaster,
+    frame: pd.DataFrame,
+    points: SplitPoints | None,
+    split: str = "test",
+    season: int | None = None,
+) -> EvalResult:
+    cfg = fc.config
+    targets, H, dt = list(cfg.targets), cfg.horizon, cfg.interval_ms
+    rows = stream_rows(frame, list(cfg.features))
+    if rows.empty:
+        raise DataError("no row has every feature the model needs")
+    ts = rows[TS].to_numpy()
+    in_split = points.mask(ts, split) if points is not None else np.ones(len(rows), bool)
+    if not in_split.any():
+        raise DataError(f"no rows in the {split} split")
+    y_std = fc.forecast_frame(rows)  # [N, H, n_t, n_q]
+    keys = rows[KEY].tolist()
+    y_orig = fc.to_original(y_std, keys)
+    point = y_orig[..., cfg.point_index]  # [N, H, n_t]
+    steps = np.arange(1, H + 1)
+    actual = lookup(rows, targets, ts[:, None] + steps[None, :] * dt)  # [N, H, n_t]
+    if season is None:
+        season = infer_season(rows[~in_split], targets[0], dt) if (~in_split).any() else 1
+    back = season * np.ceil(steps / season).astype(np.int64)  # steps back from the target
+    seasonal = lookup(rows, targets, ts[:, None] + (steps - back)[None, :] * dt)
+    persistence = np.repeat(rows[targets].to_numpy(dtype=np.float64)[:, None, :], H, axis=1)
+    mask = in_split[:, None] & np.isfinite(actual).all(-1)
+    for base in (seasonal, persistence):
+        mask &= np.isfinite(base).all(-1)
+    preds = {"model": point, "persistence": persistence, "seasonal_naive": seasonal}
+    scores: dict[str, dict[str, dict[str, Any]]] = {}
+    actual_std = fc.to_standard(actual, keys)
+    for name, p in preds.items():
+        scores[name] = {
+            "original": _metrics(p, actual, mask),
+            "standardised": _metrics(fc.to_standard(p, keys), actual_std, mask),
+        }
+    coverage: dict[str, float] = {}
+    if len(cfg.quantiles) >= 2:
+        lo, hi = y_orig[..., 0], y_orig[..., -1]
+        inside = (actual >= lo) & (actual <= hi) & mask[..., None]
+        coverage = {
+            f"p{round(cfg.quantiles[0] * 100)}-p{round(cfg.quantiles[-1] * 100)}": float(
+                inside.sum() / max(int(mask.sum()) * len(targets), 1)
+            )
+        }
+    result = EvalResult(split, int(season), H, targets, int(mask.any(1).sum()), scores, coverage)
+    result.samples = _samples(rows, in_split, point, y_orig, targets, cfg.quantiles)
+    return result
+
+
+def _samples(
+    rows: pd.DataFrame,
+    in_split: np.ndarray,
+    point: np.ndarray,
+    full: np.ndarray,
+    targets: list[str],
+    quantiles: list[float],
+    keys: int = 3,
+    span: int = 24 * 14,
+) -> list[dict[str, Any]]:
+    out = []
+    groups = cast(dict[str, np.ndarray], rows.groupby(KEY, sort=True).indices)
+    for key, all_idx in list(groups.items())[:keys]:
+        idx = all_idx[in_split[all_idx]][-span:]
+        if idx.size == 0:
+            continue
+        origin = idx[len(idx) // 2]
+        out.append(
+            {
+                "key": key,
+                "ts": rows[TS].to_numpy()[idx],
+                "actual": rows[targets[0]].to_numpy(dtype=np.float64)[idx],
+                "h1": point[idx, 0, 0],
+                "origin_ts": int(rows[TS].to_numpy()[origin]),
+                "origin_path": point[origin, :, 0],
+                "origin_band": (full[origin, :, 0, 0], full[origin, :, 0, -1])
+                if len(quantiles) >= 2
+                else None,
+            }
+        )
+    return out
+
+
+def write_report(directory: Path, metrics: dict[str, Any]) -> None:
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default))
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def plot_all(directory: Path, history: Any, result: EvalResult) -> list[Path]:
+    """Loss curves, forecast vs actual for a few keys, error by horizon (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if history is not None and history.epochs:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ep = [e["epoch"] for e in history.epochs]
+        ax.plot(ep, [e["train_loss"] for e in history.epochs], label="train")
+        ax.plot(ep, [e["val_loss"] for e in history.epochs], label="validation")
+        ax.axvline(
+            history.best_epoch, color="grey", ls=":", label=f"best (epoch {history.best_epoch})"
+        )
+        ax.set(xlabel="epoch", ylabel="loss (standardised)", title="Loss curves")
+        ax.legend()
+        paths.append(_save(fig, directory / "loss_curves.png"))
+    if result.samples:
+        fig, axes = plt.subplots(
+            len(result.samples), 1, figsize=(10, 3 * len(result.samples)), squeeze=False
+        )
+        for ax, s in zip(axes[:, 0], result.samples, strict=True):
+            t = pd.to_datetime(s["ts"], unit="ms", utc=True)
+            ax.plot(t, s["actual"], color="black", lw=1, label="actual")
+            ax.plot(t, s["h1"], color="tab:blue", lw=1, alpha=0.8, label="forecast h=1")
+            step = t[1] - t[0] if len(t) > 1 else pd.Timedelta(0)
+            path_t = pd.to_datetime(s["origin_ts"], unit="ms", utc=True) + step * np.arange(
+                1, len(s["origin_path"]) + 1
+            )
+            ax.plot(
+                path_t,
+                s["origin_path"],
+                color="tab:red",
+                lw=1.5,
+                label=f"forecast h=1..{result.horizon}",
+            )
+            if s["origin_band"] is not None:
+                ax.fill_between(
+                    path_t, *s["origin_band"], color="tab:red", alpha=0.2, label="interval"
+                )
+            ax.set_title(f"{s['key']}: {result.targets[0]} ({result.split} span)")
+            ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        paths.append(_save(fig, directory / "forecast_vs_actual.png"))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in METHODS:
+        mae = result.scores[name]["original"]["per_h"]["mae"]
+        ax.plot(range(1, len(mae) + 1), mae, marker=".", label=name.replace("_", " "))
+    ax.set(
+        xlabel="horizon step h",
+        ylabel=f"MAE ({result.targets[0]})",
+        title=f"Error by horizon ({result.split})",
+    )
+    ax.legend()
+    paths.append(_save(fig, directory / "error_by_horizon.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Models (``lstm``, ``cnn-lstm-attn``), scaling, and artifacts that load without unpickling."""

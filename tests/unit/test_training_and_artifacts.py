@@ -1,0 +1,138 @@
+"""Training, artifacts (round trip, no pickle, tamper checks), predict, scaler on train only."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
+from stream_lstm.errors import ModelError
+from stream_lstm.model.artifact import load_artifact
+from stream_lstm.model.runtime import Forecaster
+from stream_lstm.model.scaling import Scaler
+from stream_lstm.predict import predict_frame
+from stream_lstm.train import prepare
+from tests.unit.conftest import SPEC, tiny_options
+
+
+def test_training_reduces_loss_and_beats_persistence(tiny_model: Path) -> None:
+    m = json.loads((tiny_model / "metrics.json").read_text())
+    epochs = m["training"]["epochs"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert m["training"]["best_val_loss"] < epochs[0]["val_loss"]
+    scores = m["evaluation"]["scores"]
+    assert (
+        scores["model"]["original"]["overall"]["mae"]
+        < scores["persistence"]["original"]["overall"]["mae"]
+    )
+    assert (tiny_model / "plots" / "loss_curves.png").stat().st_size > 1000
+
+
+def test_scaler_is_fitted_on_the_training_span_only(synth_csv: Path) -> None:
+    prep = prepare(synth_csv, SPEC, tiny_options())
+    frame = prep.frame
+    train_rows = frame[frame[TS] < prep.points.val_start]
+    assert prep.scaler.mean[0] == pytest.approx(train_rows["f0"].mean(), rel=1e-3)
+    assert prep.scaler.mean[0] != pytest.approx(frame["f0"].mean(), rel=1e-6)
+
+
+def test_per_key_scaler_falls_back_to_global_for_unseen_keys() -> None:
+    df = pd.DataFrame({KEY: ["a", "a", "b", "b"], "x": [1.0, 3.0, 10.0, 30.0]})
+    s = Scaler.fit(df, ["x"], "per-key", KEY)
+    mean, _ = s.stats(["a", "b", "zzz"])
+    assert mean[:, 0].tolist() == [2.0, 20.0, pytest.approx(11.0)]
+    again = Scaler.from_json(json.loads(json.dumps(s.to_json())))
+    assert again.stats(["b"])[0][0, 0] == 20.0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_cnn_model"])
+def test_artifact_round_trip_gives_the_same_forecasts(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    path: Path = request.getfixturevalue(fixture)
+    a = load_artifact(path)
+    assert a.version == (path / "VERSION").read_text().strip()
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["format"] == "stream-lstm/1" and cfg["kind"] in {"lstm", "cnn-lstm-attn"}
+    x = np.random.default_rng(0).normal(size=(40, a.config.input_size)).astype(np.float32)
+    y1 = Forecaster(a).run_sequence(x)
+    y2 = Forecaster(load_artifact(path)).run_sequence(x)
+    np.testing.assert_array_equal(y1, y2)
+    assert y1.shape == (40, a.config.horizon, 1, 1)
+
+
+def test_lstm_weights_keep_torch_names(tiny_model: Path) -> None:
+    from safetensors.torch import load_file
+
+    names = set(load_file(str(tiny_model / "model.safetensors")))
+    assert {"lstm.weight_ih_l0", "lstm.weight_hh_l1", "head.weight", "head.bias"} <= names
+    lstm = torch.nn.LSTM(6, 16, 2, batch_first=True)  # a plain runtime loads them directly
+    lstm.load_state_dict(
+        {
+            k[5:]: v
+            for k, v in load_file(str(tiny_model / "model.safetensors")).items()
+            if k.startswith("lstm.")
+        }
+    )
+
+
+def test_pickle_in_place_of_safetensors_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    (bad / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(ModelError, match="modified after it was written"):
+        load_artifact(bad)  # the content hash catches it first
+    # even with a matching VERSION, the file is never unpickled
+    from stream_lstm.model.artifact import content_version
+
+    (bad / "VERSION").write_text(content_version(bad))
+    with pytest.raises(ModelError, match=r"not a safetensors file.*never loads pickled"):
+        load_artifact(bad)
+
+
+def test_wrong_format_and_missing_files_are_refused(tiny_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        load_artifact(tmp_path / "nothing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="is not a stream-lstm artifact: missing"):
+        load_artifact(empty)
+    bad = tmp_path / "fmt"
+    shutil.copytree(tiny_model, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["format"] = "other/9"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="not a valid stream-lstm config: format"):
+        load_artifact(bad)
+
+
+def test_predict_is_deterministic_and_covers_every_row(tiny_model: Path, synth_csv: Path) -> None:
+    frame, _ = load_frame(synth_csv, SeriesSpec("ts", ("f0", "f1"), ("f0",), "key"))
+    fc = Forecaster(load_artifact(tiny_model))
+    a = predict_frame(fc, frame)
+    b = predict_frame(Forecaster(load_artifact(tiny_model)), frame)
+    pd.testing.assert_frame_equal(a, b)
+    H = fc.config.horizon
+    assert len(a) == len(frame) * H
+    assert list(a.columns) == ["key", "ts", "target", "h", "value"]
+    assert sorted(a["h"].unique()) == list(range(1, H + 1))
+    # the forecast after a key's row equals running that key alone from its first row
+    k0 = frame[frame[KEY] == "k0"]
+    x = fc.inputs(k0[["f0", "f1"]].to_numpy(), k0[TS].to_numpy(), k0[KEY].tolist())
+    alone = fc.to_original(fc.run_sequence(x), k0[KEY].tolist())[:, :, 0, 0]
+    got = a[a["key"] == "k0"]["value"].to_numpy().reshape(len(k0), H)
+    np.testing.assert_allclose(got, alone, rtol=1e-6)
+
+
+def test_rows_with_missing_features_get_no_forecast(tiny_model: Path, synth_csv: Path) -> None:
+    frame, _ = load_frame(synth_csv, SeriesSpec("ts", ("f0", "f1"), ("f0",), "key"))
+    frame.loc[5, "f1"] = np.nan
+    out = predict_frame(Forecaster(load_artifact(tiny_model)), frame)
+    assert len(out) == (len(frame) - 1) * 6
