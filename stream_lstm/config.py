@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -209,3 +209,87 @@ class TrainSettings(DataSettings):
     repair: bool = True
     repair_window: Annotated[int, Field(ge=3)] = 25
     repair_k: Annotated[float, Field(gt=0)] = 6.0
+
+
+def _kv_pairs(v: Any) -> Any:
+    """``["a=1", "b=2"]`` or ``"a=1,b=2"`` or a JSON object string → a dict of strings."""
+    if isinstance(v, str):
+        v = v.strip()
+        if v.startswith("{"):
+            import json
+
+            return json.loads(v)
+        v = [p for p in v.split(",") if p.strip()]
+    if isinstance(v, list):
+        out = {}
+        for item in v:
+            if "=" not in item:
+                raise ValueError(f"expected key=value, got {item!r}")
+            k, _, val = item.partition("=")
+            out[k.strip()] = val.strip()
+        return out
+    return v
+
+
+# librdkafka properties whose values are secrets: never logged or printed
+SECRET_KAFKA_KEYS = (
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.client.secret",
+)
+
+
+KafkaOptions = Annotated[dict[str, str], NoDecode, BeforeValidator(_kv_pairs)]
+
+
+class WorkerSettings(Settings):
+    """`stream-lstm worker`: flags, STREAM_LSTM_* variables, or a [worker] TOML table."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_")
+    toml_section: ClassVar[str] = "worker"
+
+    model: Path
+    bootstrap: str = "127.0.0.1:9092"
+    input_topic: str = "events"
+    output_topic: str = "forecasts"
+    dlq_topic: str = "events-dlq"
+    redis: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    group: str = "stream-lstm"
+    namespace: str | None = None  # Redis key prefix; default "slstm:<group>"
+    max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    max_wait_ms: Annotated[int, Field(ge=0)] = 20
+    commit_interval_ms: Annotated[int, Field(ge=0)] = 1000
+    metrics_addr: str = "127.0.0.1"
+    metrics_port: Annotated[int, Field(ge=-1, le=65535)] = 9464  # 0: any free port, -1: off
+    device: str = "auto"
+    threads: Annotated[int, Field(ge=1)] | None = None
+    state_ttl_s: Annotated[int, Field(ge=0)] = 7 * 86_400
+    late_policy: Literal["dlq", "drop"] = "dlq"
+    max_future_ms: int = 86_400_000
+    max_message_bytes: Annotated[int, Field(ge=64)] = 65_536
+    max_key_bytes: Annotated[int, Field(ge=1)] = 256
+    allow_unknown_features: bool = False
+    redis_connect_timeout_s: Annotated[float, Field(ge=0)] = 0.0
+    redis_outage_limit_s: Annotated[float, Field(ge=0)] = 240.0
+    flush_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    # librdkafka pass-through: `kafka` reaches every client (security settings), the other two
+    # only the consumer (e.g. session.timeout.ms) or the producer (e.g. linger.ms)
+    kafka: KafkaOptions = Field(default_factory=dict)
+    kafka_consumer: KafkaOptions = Field(default_factory=dict)
+    kafka_producer: KafkaOptions = Field(default_factory=dict)
+
+    @property
+    def state_namespace(self) -> str:
+        return self.namespace or f"slstm:{self.group}"
+
+    def consumer_options(self) -> dict[str, str]:
+        return {**self.kafka, **self.kafka_consumer}
+
+    def producer_options(self) -> dict[str, str]:
+        return {**self.kafka, **self.kafka_producer}
+
+    def kafka_shown(self) -> dict[str, str]:
+        """The pass-through librdkafka options with secret values masked."""
+        opts = {**self.kafka, **self.kafka_consumer, **self.kafka_producer}
+        return {k: ("***" if k in SECRET_KAFKA_KEYS else v) for k, v in opts.items()}

@@ -16,6 +16,7 @@ from stream_lstm.errors import ConfigError
 
 ENCODINGS = ("day", "week", "year")
 MS_PER_DAY = 86_400_000
+BUCKET_MS = 900_000  # 15 minutes
 
 
 def default_encodings(interval_ms: int) -> tuple[str, ...]:
@@ -34,16 +35,19 @@ def validate(encodings: tuple[str, ...], tz: str) -> None:
 
 
 def local_wall_ms(ts_ms: np.ndarray, tz: str) -> np.ndarray:
-    """Wall-clock epoch milliseconds in ``tz`` (UTC time + the zone's offset at that instant)."""
+    """Wall-clock epoch milliseconds in ``tz`` (UTC time + the zone's offset at that instant).
+
+    Offsets are looked up once per distinct 15-minute bucket (zone transitions fall on such
+    boundaries), so a tick of events close in time costs a handful of lookups.
+    """
     ts_ms = np.asarray(ts_ms, dtype=np.int64)
     if tz == "UTC" or ts_ms.size == 0:
         return ts_ms
-    ends = pd.to_datetime([int(ts_ms.min()), int(ts_ms.max())], unit="ms", utc=True).tz_convert(tz)
-    offsets = [int(pd.Timedelta(t.utcoffset() or 0).total_seconds() * 1000) for t in ends]
-    if offsets[0] == offsets[1]:  # the usual case in a tick: one offset for all (no DST switch)
-        return ts_ms + offsets[0]
-    local = pd.DatetimeIndex(pd.to_datetime(ts_ms, unit="ms", utc=True)).tz_convert(tz)
-    return np.asarray(local.tz_localize(None).as_unit("ms").asi8, dtype=np.int64)
+    buckets, inv = np.unique(ts_ms // BUCKET_MS, return_inverse=True)
+    at = pd.DatetimeIndex(pd.to_datetime(buckets * BUCKET_MS, unit="ms", utc=True)).tz_convert(tz)
+    wall = at.tz_localize(None).as_unit("ms").asi8  # local wall clock at each bucket start
+    offsets = np.asarray(wall, dtype=np.int64) - buckets * BUCKET_MS
+    return ts_ms + offsets[inv.reshape(-1)]
 
 
 def calendar_features(ts_ms: np.ndarray, encodings: tuple[str, ...], tz: str) -> np.ndarray:

@@ -37,7 +37,9 @@ class Forecaster:
         self.log_targets = np.array([c in cfg.log1p for c in cfg.targets])
 
     # -- encoding -------------------------------------------------------------------------
-    def inputs(self, values: np.ndarray, ts_ms: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+    def inputs(
+        self, values: np.ndarray, ts_ms: np.ndarray, keys: Sequence[str] | np.ndarray
+    ) -> np.ndarray:
         """``values [N, F]`` raw features, ``ts_ms [N]`` → ``[N, I]`` float32 model inputs."""
         mean, std = self.feature_scaler.stats(keys)  # [N, F] each
         v = values.astype(np.float32)
@@ -47,7 +49,7 @@ class Forecaster:
         cal = calendar_features(ts_ms, self.calendar, self.config.timezone)  # [N, 2E]
         return np.concatenate([scaled, cal], axis=1)  # [N, F + 2E]
 
-    def to_original(self, y: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+    def to_original(self, y: np.ndarray, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """``[N, H, n_t, n_q]`` standardised → original target units."""
         mean, std = self.target_scaler.stats(keys)  # [N, n_t]
         out = y * std[:, None, :, None] + mean[:, None, :, None]
@@ -55,7 +57,7 @@ class Forecaster:
             out[:, :, self.log_targets] = np.expm1(out[:, :, self.log_targets])
         return out
 
-    def to_standard(self, y: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+    def to_standard(self, y: np.ndarray, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """``[N, ..., n_t]`` original units → standardised (for metrics on the model's scale)."""
         mean, std = self.target_scaler.stats(keys)  # [N, n_t]
         shape = (len(keys),) + (1,) * (y.ndim - 2) + (y.shape[-1],)

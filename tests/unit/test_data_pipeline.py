@@ -139,3 +139,17 @@ def test_calendar_features_known_points() -> None:
     mel = calendar_features(np.array([monday_midnight]), ("day",), "Australia/Melbourne")
     angle = 2 * np.pi * 11 / 24
     np.testing.assert_allclose(mel[0], [np.sin(angle), np.cos(angle)], atol=1e-6)
+
+
+def test_calendar_features_follow_daylight_saving_over_long_spans() -> None:
+    # two years of half hours: both ends in summer time, the winters in between are not
+    ts = 1_419_984_000_000 + np.arange(2 * 365 * 48) * 1_800_000  # from 2014-12-31
+    got = calendar_features(ts, ("day", "week", "year"), "Australia/Melbourne")
+    local = pd.to_datetime(ts, unit="ms", utc=True).tz_convert("Australia/Melbourne")
+    frac = (local.hour * 60 + local.minute).to_numpy() / 1440
+    dow = local.day_of_week.to_numpy()
+    doy = local.day_of_year.to_numpy() - 1
+    angles = 2 * np.pi * np.stack([frac, (dow + frac) / 7, (doy + frac) / 365.25], 1)
+    ref = np.stack([np.sin(angles[:, 0]), np.cos(angles[:, 0]), np.sin(angles[:, 1]),
+                    np.cos(angles[:, 1]), np.sin(angles[:, 2]), np.cos(angles[:, 2])], 1)  # fmt: skip
+    np.testing.assert_allclose(got, ref, atol=1e-5)

@@ -1,0 +1,155 @@
+"""``stream-lstm worker``: the stream worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from stream_lstm.config import WorkerSettings, build_settings
+
+log = logging.getLogger(__name__)
+
+
+def add_worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, help="TOML file with a [worker] table (and [worker.kafka])"
+    )
+    p.add_argument("--model", type=Path, help="model artifact directory (required)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:9092)")
+    p.add_argument("--input-topic", help="topic of input events (default events)")
+    p.add_argument("--output-topic", help="topic for forecasts (default forecasts)")
+    p.add_argument("--dlq-topic", help="dead-letter topic for bad events (default events-dlq)")
+    p.add_argument(
+        "--redis", help="Redis URL, e.g. redis://[user:password@]host:6379/0 or rediss://…"
+    )
+    p.add_argument("--group", help="consumer group (default stream-lstm)")
+    p.add_argument("--namespace", help="Redis key prefix for state (default slstm:<group>)")
+    t = p.add_argument_group("ticks and commits")
+    t.add_argument(
+        "--max-batch", type=int, help="close a tick at this many messages (default 4096)"
+    )
+    t.add_argument("--max-wait-ms", type=int, help="close a tick after this long (default 20)")
+    t.add_argument("--commit-interval-ms", type=int, help="commit cycle interval (default 1000)")
+    t.add_argument("--device", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    v = p.add_argument_group("validation")
+    v.add_argument(
+        "--late-policy", choices=["dlq", "drop"], help="late events: dead-letter (default) or drop"
+    )
+    v.add_argument(
+        "--max-future-ms",
+        type=int,
+        help="refuse ts further ahead than this (default 1 day; -1: off)",
+    )
+    v.add_argument("--max-message-bytes", type=int, help="refuse larger messages (default 65536)")
+    v.add_argument("--max-key-bytes", type=int, help="refuse longer keys (default 256)")
+    v.add_argument(
+        "--allow-unknown-features",
+        action="store_true",
+        default=None,
+        help="ignore unknown value names",
+    )
+    o = p.add_argument_group("operations")
+    o.add_argument(
+        "--metrics-addr", help="address for /metrics, /healthz, /readyz (default 127.0.0.1)"
+    )
+    o.add_argument(
+        "--metrics-port", type=int, help="port (default 9464; 0: any free port; -1: off)"
+    )
+    o.add_argument(
+        "--state-ttl-s", type=int, help="expire idle keys' state after this long (default 7 days)"
+    )
+    o.add_argument(
+        "--redis-connect-timeout", type=float, help="wait this long for Redis at start (default 0)"
+    )
+    o.add_argument(
+        "--redis-outage-limit",
+        type=float,
+        help="give up after Redis fails this long (default 240 s)",
+    )
+    o.add_argument(
+        "--kafka-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="librdkafka setting for every client, e.g. security.protocol=SASL_SSL (repeatable)",
+    )
+    o.add_argument(
+        "--consumer-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="librdkafka setting for the consumer only, e.g. session.timeout.ms=10000",
+    )
+    o.add_argument(
+        "--producer-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="librdkafka setting for the producer only, e.g. linger.ms=5",
+    )
+
+
+def worker_settings(args: argparse.Namespace) -> WorkerSettings:
+    return build_settings(
+        WorkerSettings,
+        args.config,
+        model=args.model,
+        bootstrap=args.bootstrap,
+        input_topic=args.input_topic,
+        output_topic=args.output_topic,
+        dlq_topic=args.dlq_topic,
+        redis=args.redis,
+        group=args.group,
+        namespace=args.namespace,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        commit_interval_ms=args.commit_interval_ms,
+        device=args.device,
+        threads=args.threads,
+        late_policy=args.late_policy,
+        max_future_ms=args.max_future_ms,
+        max_message_bytes=args.max_message_bytes,
+        max_key_bytes=args.max_key_bytes,
+        allow_unknown_features=args.allow_unknown_features,
+        metrics_addr=args.metrics_addr,
+        metrics_port=args.metrics_port,
+        state_ttl_s=args.state_ttl_s,
+        redis_connect_timeout_s=args.redis_connect_timeout,
+        redis_outage_limit_s=args.redis_outage_limit,
+        kafka=args.kafka_option,
+        kafka_consumer=args.consumer_option,
+        kafka_producer=args.producer_option,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="consume events, keep per-key state in Redis, publish forecasts",
+        description=(
+            "The stream worker: consumes input events in a consumer group, keeps each key's "
+            "(h, c) and window in Redis, runs one batched model call per tick, publishes one "
+            "forecast per event, dead-letters bad events with a reason, and commits offsets only "
+            "after forecasts are acknowledged and states written. Every flag also comes from "
+            "STREAM_LSTM_<FLAG> (e.g. STREAM_LSTM_BOOTSTRAP) or a [worker] TOML table. SIGTERM "
+            "or SIGINT: finish the tick, commit, leave the group, exit 0."
+        ),
+        epilog=(
+            "example: stream-lstm worker --model models/pedestrian --bootstrap 127.0.0.1:9092 "
+            "--input-topic events --output-topic forecasts --dlq-topic events-dlq "
+            "--redis redis://127.0.0.1:6379/0"
+        ),
+    )
+    add_worker_flags(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream_lstm.worker import Worker
+
+    s = worker_settings(args)
+    if s.kafka:
+        log.info("Kafka pass-through options: %s", s.kafka_shown())
+    w = Worker(s)
+    w.install_signal_handlers()
+    w.start()
+    return w.run()

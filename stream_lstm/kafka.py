@@ -1,0 +1,159 @@
+"""Thin confluent-kafka wrappers: librdkafka configuration in one place, a Sink, a Source.
+
+Delivery semantics: ``enable.auto.commit=false`` and ``enable.auto.offset.store=false``:
+offsets move only when the engine's commit cycle commits them, after the forecasts are
+acknowledged and the states written. The producer is idempotent with ``acks=all``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from stream_lstm.config import SECRET_KAFKA_KEYS
+from stream_lstm.errors import ConfigError, KafkaClientError, PublishError
+from stream_lstm.events import InMessage
+
+log = logging.getLogger(__name__)
+
+# Defaults chosen from the benchmark runs (docs/benchmarks.md); any key can be overridden by
+# the pass-through options (--kafka-option key=value), which reach every client.
+CONSUMER_DEFAULTS = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "cooperative-sticky",
+    "fetch.wait.max.ms": 10,
+    "queued.max.messages.kbytes": 65536,
+}
+PRODUCER_DEFAULTS = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 2,
+    "batch.num.messages": 10000,
+    "queue.buffering.max.messages": 1_000_000,
+    "compression.type": "lz4",
+    "delivery.report.only.error": True,
+}
+
+
+def client_config(bootstrap: str, options: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings every client shares: bootstrap servers plus pass-through options (security)."""
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    conf.update(options or {})
+    return conf
+
+
+def redacted(conf: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if k in SECRET_KAFKA_KEYS else v) for k, v in conf.items() if not callable(v)}
+
+
+def make_producer(
+    bootstrap: str,
+    options: Mapping[str, str] | None,
+    on_error: Callable[[KafkaError, Message], None],
+) -> Producer:
+    conf = {**PRODUCER_DEFAULTS, **client_config(bootstrap, options)}
+
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            on_error(err, msg)
+
+    conf["on_delivery"] = on_delivery
+    try:
+        return Producer(conf)
+    except KafkaException as e:
+        raise ConfigError(f"invalid Kafka producer settings {redacted(conf)}: {e}") from None
+
+
+def make_consumer(bootstrap: str, group: str, options: Mapping[str, str] | None) -> Consumer:
+    conf = {**CONSUMER_DEFAULTS, **client_config(bootstrap, options), "group.id": group}
+    try:
+        return Consumer(conf)
+    except KafkaException as e:
+        raise ConfigError(f"invalid Kafka consumer settings {redacted(conf)}: {e}") from None
+
+
+def make_admin(bootstrap: str, options: Mapping[str, str] | None) -> AdminClient:
+    return AdminClient(client_config(bootstrap, options))
+
+
+def check_topics(
+    admin: AdminClient, topics: list[str], bootstrap: str, timeout_s: float = 15.0
+) -> dict[str, int]:
+    """Partition count of each topic; a ConfigError names missing ones and how to create them."""
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise KafkaClientError(f"cannot reach Kafka at {bootstrap}: {e}", e) from None
+    missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+    if missing:
+        raise ConfigError(
+            f"topic(s) {missing} do not exist on {bootstrap}; create them first, e.g. "
+            f"`stream-lstm topics create --bootstrap {bootstrap} "
+            + " ".join(f"{t}:8" for t in missing)
+            + "`"
+        )
+    return {t: len(md.topics[t].partitions) for t in topics}
+
+
+class KafkaSink:
+    """The engine's Sink over a confluent-kafka Producer."""
+
+    def __init__(
+        self, bootstrap: str, options: Mapping[str, str] | None, flush_timeout_s: float = 120.0
+    ) -> None:
+        self.failures: list[str] = []
+        self.producer = make_producer(bootstrap, options, self._on_error)
+        self.flush_timeout_s = flush_timeout_s
+
+    def _on_error(self, err: KafkaError, msg: Message) -> None:
+        self.failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+                return
+            except BufferError:  # the local queue is full: let deliveries drain
+                self.producer.poll(0.05)
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        remaining = self.producer.flush(self.flush_timeout_s)
+        if self.failures:
+            first, n = self.failures[0], len(self.failures)
+            self.failures.clear()
+            raise PublishError(f"{n} message(s) were not delivered, e.g. {first}")
+        if remaining:
+            raise PublishError(
+                f"{remaining} message(s) still undelivered after {self.flush_timeout_s:.0f} s"
+            )
+
+
+def to_in_message(m: Message) -> InMessage:
+    """A consumed (error-free) message; topic, partition and offset are always set then."""
+    return InMessage(
+        m.key(), m.value(), m.topic() or "", m.partition() or 0, m.offset() or 0, m.timestamp()[1]
+    )
+
+
+def commit_offsets(consumer: Consumer, offsets: Mapping[tuple[str, int], int]) -> None:
+    """Synchronous commit of explicit offsets (the next offset to read per partition)."""
+    tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+    result = consumer.commit(offsets=tps, asynchronous=False)
+    for tp in result or []:
+        if tp.error is not None:
+            raise KafkaException(tp.error)

@@ -1,0 +1,235 @@
+"""Worker metrics, built against an injected registry (no module-level globals), and the HTTP
+server for ``/metrics``, ``/healthz`` and ``/readyz``.
+
+Bucket choices:
+- tick size: powers of 4 from 1 to 65,536 events, the range ``--max-batch`` spans.
+- stage and tick durations: 100 µs to 10 s, roughly ×2.5 per bucket: a tick's model call is
+  sub-millisecond at small sizes, a commit cycle can take seconds when Redis is slow.
+- end-to-end latency: 1 ms to 60 s: the objective is tens of milliseconds, but a replay of
+  old data or a restart after an outage produces minutes-old events that must still land in a
+  bucket rather than only in +Inf.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+TICK_SIZE_BUCKETS = tuple(float(4**i) for i in range(9))  # 1 … 65,536
+STAGE_BUCKETS = (
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+STAGES = ("decode", "state_load", "model", "publish", "commit")
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a whole array per call (``observe_many``): one ``searchsorted`` per tick
+    instead of one Python call per event. Exposed like any Prometheus histogram."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        idx = np.searchsorted(self.bounds, values, side="left")  # le semantics
+        counts = np.bincount(idx, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cum = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [(repr(float(b)), float(c)) for b, c in zip(self.bounds, cum[:-1], strict=True)]
+        buckets.append(("+Inf", float(cum[-1])))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+class WorkerMetrics:
+    """Every metric the worker exports. Names carry units; see docs/metrics in the README."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.events_in = Counter(
+            "stream_lstm_events_in_total", "Input messages consumed", registry=r
+        )
+        self.events_applied = Counter(
+            "stream_lstm_events_applied_total", "Events applied to a key's state", registry=r
+        )
+        self.forecasts_out = Counter(
+            "stream_lstm_forecasts_out_total", "Forecast messages produced", registry=r
+        )
+        self.dead_letters = Counter(
+            "stream_lstm_dead_letters_total",
+            "Messages sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.late_events = Counter(
+            "stream_lstm_late_events_total",
+            "Events older than their key's last applied time",
+            registry=r,
+        )
+        self.replayed = Counter(
+            "stream_lstm_replayed_skipped_total",
+            "Events at or below their key's stored offset, skipped (already applied)",
+            registry=r,
+        )
+        self.tick_size = Histogram(
+            "stream_lstm_tick_size_events",
+            "Messages per tick",
+            buckets=TICK_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "stream_lstm_tick_stage_seconds",
+            "Seconds per tick stage (decode, state_load, model, publish) and per commit cycle",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.latency = BatchHistogram(
+            "stream_lstm_end_to_end_latency_seconds",
+            "Input message timestamp to the forecast being handed to the producer",
+            LATENCY_BUCKETS,
+        )
+        r.register(self.latency)
+        self.lag = Gauge(
+            "stream_lstm_consumer_lag_messages",
+            "High watermark minus position",
+            ["partition"],
+            registry=r,
+        )
+        self.cached_keys = Gauge(
+            "stream_lstm_cached_keys", "Keys whose state is cached", registry=r
+        )
+        self.redis_rtt = Histogram(
+            "stream_lstm_redis_round_trip_seconds",
+            "Redis round trips",
+            ["op"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.state_loaded = Counter(
+            "stream_lstm_state_loads_total",
+            "Keys loaded from Redis, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.state_written = Counter(
+            "stream_lstm_state_writes_total", "Key states written to Redis", registry=r
+        )
+        self.state_refused = Counter(
+            "stream_lstm_state_writes_refused_total",
+            "State writes refused because Redis held a newer offset (another worker owns the key)",
+            registry=r,
+        )
+        self.commits = Counter(
+            "stream_lstm_commit_cycles_total", "Commit cycles", ["outcome"], registry=r
+        )
+        self.redis_retries = Counter(
+            "stream_lstm_redis_retries_total",
+            "Redis operations retried after a failure",
+            registry=r,
+        )
+        self.model = Info("stream_lstm_model", "The model artifact in use", registry=r)
+        self.model_switches = Counter(
+            "stream_lstm_model_switches_total", "Model versions switched to at run time", registry=r
+        )
+        self.assigned = Gauge("stream_lstm_assigned_partitions", "Partitions assigned", registry=r)
+        for reason in ("late", "duplicate"):
+            self.dead_letters.labels(reason=reason)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+
+
+class HealthServer:
+    """``/metrics`` (Prometheus text), ``/healthz`` (the loop is alive), ``/readyz`` (serving)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        addr: str,
+        port: int,
+        healthy: Callable[[], tuple[bool, str]],
+        ready: Callable[[], tuple[bool, str]],
+    ) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
+                elif path in ("/healthz", "/readyz"):
+                    ok, why = (healthy if path == "/healthz" else ready)()
+                    body, ctype, code = (why + "\n").encode(), "text/plain", 200 if ok else 503
+                else:
+                    body, ctype, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return  # quiet: scrapes every few seconds would flood the log
+
+        self.httpd = ThreadingHTTPServer((addr, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="health-http", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

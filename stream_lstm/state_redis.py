@@ -1,0 +1,189 @@
+"""The Redis state store: one round trip to load a tick's missing keys, one pipelined round trip
+of conditional writes per commit cycle.
+
+Key names: ``<namespace>:<model version>:{<entity key>}`` — the braces are a Redis Cluster hash
+tag, so one key's record lives in one slot. ``<namespace>:versions`` lists the model versions
+that have written state, so a new version can find the previous one's records to rebuild from.
+
+The write script refuses to replace a record whose stored ``last_offset`` is newer than the
+one being written: a worker that lost its partitions (a zombie) cannot overwrite the state that
+the new owner has already advanced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from stream_lstm.config import redact_url
+from stream_lstm.errors import StateError
+from stream_lstm.state import OFFSET_POS
+
+# KEYS: record keys; ARGV[1]: TTL in ms (0 = none); ARGV[i + 1]: the record for KEYS[i].
+WRITE_IF_NOT_OLDER = f"""
+local written = 0
+local refused = {{}}
+local ttl = tonumber(ARGV[1])
+for i, k in ipairs(KEYS) do
+  local rec = ARGV[i + 1]
+  local new_off = struct.unpack('<i8', rec, {OFFSET_POS + 1})
+  local cur = redis.call('GETRANGE', k, {OFFSET_POS}, {OFFSET_POS + 7})
+  if #cur == 8 and struct.unpack('<i8', cur) > new_off then
+    refused[#refused + 1] = i
+  else
+    if ttl > 0 then redis.call('SET', k, rec, 'PX', ttl) else redis.call('SET', k, rec) end
+    written = written + 1
+  end
+end
+return {{written, refused}}
+"""
+
+
+@dataclass
+class SaveResult:
+    written: int = 0
+    refused: list[str] = field(default_factory=list)  # keys whose stored state was newer
+
+
+class RedisStateStore:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        version: str,
+        *,
+        ttl_ms: int = 7 * 86_400_000,
+        chunk: int = 512,
+        socket_timeout_s: float = 5.0,
+        on_rtt: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.url_shown = redact_url(url)
+        self.namespace = namespace
+        self.version = version
+        self.ttl_ms = ttl_ms
+        self.chunk = chunk
+        self.on_rtt = on_rtt
+        self.previous_version: str | None = None
+        try:
+            self.client = redis.Redis.from_url(
+                url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            )
+        except ValueError as e:
+            raise StateError(f"bad Redis URL {self.url_shown}: {e}") from None
+        self._sha: str | None = None
+
+    # -- start-up ----------------------------------------------------------------------------
+    def connect(self, retry_s: float = 0.0) -> None:
+        """Ping (retrying up to ``retry_s``), load the script, register this model version."""
+        deadline = time.monotonic() + retry_s
+        delay = 0.2
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.AuthenticationError as e:
+                raise StateError(
+                    f"Redis at {self.url_shown} refused the credentials: {e}"
+                ) from None
+            except redis.ResponseError as e:
+                if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+                    raise StateError(
+                        f"Redis at {self.url_shown} needs a password or ACL user in the URL "
+                        f"(redis://user:password@host:port/db): {e}"
+                    ) from None
+                raise StateError(f"Redis at {self.url_shown}: {e}") from None
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if time.monotonic() >= deadline:
+                    hint = "" if retry_s else " (set --redis-connect-timeout to wait for it)"
+                    raise StateError(f"cannot reach Redis at {self.url_shown}: {e}{hint}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
+        self.previous_version = self._register_version()
+
+    def _register_version(self) -> str | None:
+        key = f"{self.namespace}:versions"
+        seen = [
+            v.decode() if isinstance(v, bytes) else str(v) for v in self.client.lrange(key, 0, -1)
+        ]
+        if not seen or seen[-1] != self.version:
+            self.client.rpush(key, self.version)
+        older = [v for v in seen if v != self.version]
+        return older[-1] if older else None
+
+    def record_key(self, key: str, version: str | None = None) -> str:
+        return f"{self.namespace}:{version or self.version}:{{{key}}}"
+
+    # -- the two round trips -----------------------------------------------------------------
+    def load(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Records of ``keys``: this version's, else the previous version's, else None."""
+        if not keys:
+            return []
+        t0 = time.perf_counter()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for s in range(0, len(keys), 4 * self.chunk):
+                pipe.mget([self.record_key(k) for k in keys[s : s + 4 * self.chunk]])
+            if self.previous_version:
+                for s in range(0, len(keys), 4 * self.chunk):
+                    part = keys[s : s + 4 * self.chunk]
+                    pipe.mget([self.record_key(k, self.previous_version) for k in part])
+            replies = pipe.execute()
+        except redis.RedisError as e:
+            raise StateError(f"loading state from Redis at {self.url_shown} failed: {e}") from None
+        self._rtt("load", t0)
+        n_cur = (len(keys) + 4 * self.chunk - 1) // (4 * self.chunk)
+        cur = [v for part in replies[:n_cur] for v in part]
+        if self.previous_version:
+            prev = [v for part in replies[n_cur:] for v in part]
+            return [c if c is not None else p for c, p in zip(cur, prev, strict=True)]
+        return cur
+
+    def save(self, keys: Sequence[str], records: Sequence[bytes]) -> SaveResult:
+        """Conditional writes in one pipelined round trip (chunks of ``chunk`` keys per call)."""
+        result = SaveResult()
+        if not keys:
+            return result
+        t0 = time.perf_counter()
+        for attempt in (1, 2):
+            try:
+                if self._sha is None:
+                    self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
+                pipe = self.client.pipeline(transaction=False)
+                bounds = list(range(0, len(keys), self.chunk))
+                for s in bounds:
+                    part = [self.record_key(k) for k in keys[s : s + self.chunk]]
+                    pipe.evalsha(
+                        self._sha, len(part), *part, self.ttl_ms, *records[s : s + self.chunk]
+                    )
+                replies = pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                self._sha = None  # Redis restarted and lost its script cache: load it again
+                if attempt == 2:
+                    raise StateError("Redis keeps losing the state-write script") from None
+            except redis.RedisError as e:
+                raise StateError(
+                    f"writing state to Redis at {self.url_shown} failed: {e}"
+                ) from None
+        self._rtt("save", t0)
+        for s, (written, refused) in zip(bounds, replies, strict=True):
+            result.written += int(written)
+            result.refused += [keys[s + int(i) - 1] for i in refused]
+        return result
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def _rtt(self, op: str, t0: float) -> None:
+        if self.on_rtt is not None:
+            self.on_rtt(op, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.client.close()

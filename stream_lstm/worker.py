@@ -1,0 +1,294 @@
+"""The confluent-kafka driver around the engine: consume ticks, commit cycles, rebalances,
+Redis outages, signals, metrics and health.
+
+A tick is one ``consumer.consume(max_batch, max_wait)``: it closes when ``max_batch`` messages
+are there or ``max_wait_ms`` has passed. The commit cycle runs every ``commit_interval_ms``, on
+partition revocation, and on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from stream_lstm.config import WorkerSettings, redact_url
+from stream_lstm.engine import Engine, EngineConfig, Offsets
+from stream_lstm.errors import ConfigError, KafkaClientError, StateError
+from stream_lstm.events import DecoderConfig
+from stream_lstm.kafka import (
+    KafkaSink,
+    check_topics,
+    commit_offsets,
+    make_admin,
+    make_consumer,
+    to_in_message,
+)
+from stream_lstm.metrics import HealthServer, WorkerMetrics
+from stream_lstm.model.artifact import load_artifact
+from stream_lstm.model.runtime import Forecaster
+from stream_lstm.state_redis import RedisStateStore
+from stream_lstm.train import pick_device
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+FENCED = {
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError._ASSIGNMENT_LOST,
+}
+
+
+class Worker:
+    def __init__(self, s: WorkerSettings) -> None:
+        self.s = s
+        self.metrics = WorkerMetrics()
+        self.stop_requested = threading.Event()
+        self._last_beat = time.monotonic()
+        self._ready = False
+        self.health: HealthServer | None = None
+        if s.threads:
+            torch.set_num_threads(s.threads)
+        self.device = pick_device(s.device)
+        self.forecaster = Forecaster(load_artifact(s.model), self.device)
+        cfg = self.forecaster.config
+        self.store = RedisStateStore(
+            s.redis.get_secret_value(),
+            s.state_namespace,
+            self.forecaster.version,
+            ttl_ms=s.state_ttl_s * 1000,
+            on_rtt=lambda op, sec: self.metrics.redis_rtt.labels(op=op).observe(sec),
+        )
+        self.sink = KafkaSink(s.bootstrap, s.producer_options(), s.flush_timeout_s)
+        self.consumer = make_consumer(s.bootstrap, s.group, s.consumer_options())
+        self.engine = Engine(
+            self.forecaster,
+            self.store,
+            self.sink,
+            self.metrics,
+            EngineConfig(s.output_topic, s.dlq_topic, s.late_policy),
+            DecoderConfig(
+                features=tuple(cfg.features),
+                allowed_extra=tuple(cfg.targets),
+                allow_unknown=s.allow_unknown_features,
+                max_message_bytes=s.max_message_bytes,
+                max_key_bytes=s.max_key_bytes,
+                max_future_ms=s.max_future_ms,
+            ),
+            retry=self._retry_redis,
+        )
+
+    # -- start-up ----------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.s
+        self.store.connect(retry_s=s.redis_connect_timeout_s)
+        topics = [s.input_topic, s.output_topic, s.dlq_topic]
+        parts = check_topics(make_admin(s.bootstrap, s.kafka), topics, s.bootstrap)
+        if s.metrics_port >= 0:
+            try:
+                self.health = HealthServer(
+                    self.metrics.registry,
+                    s.metrics_addr,
+                    s.metrics_port,
+                    self._healthy,
+                    self._readyz,
+                )
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot serve metrics on {s.metrics_addr}:{s.metrics_port}: {e}"
+                ) from None
+            self.health.start()
+        self.consumer.subscribe(
+            [s.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        cfg = self.forecaster.config
+        url = f"http://{s.metrics_addr}:{self.health.port}/metrics" if self.health else "off"
+        log.info(
+            "worker up: model %s (%s, %s → %s, H=%d) on %s",
+            self.forecaster.version, cfg.kind, ",".join(cfg.features), ",".join(cfg.targets),
+            cfg.horizon, self.device,
+        )  # fmt: skip
+        log.info(
+            "%s (%d partitions) → %s, dead letters → %s; group %s; metrics %s",
+            s.input_topic, parts[s.input_topic], s.output_topic, s.dlq_topic, s.group, url,
+        )  # fmt: skip
+        log.info(
+            "state in Redis %s under %s (previous model version: %s)",
+            redact_url(s.redis.get_secret_value()), s.state_namespace, self.store.previous_version,
+        )  # fmt: skip
+        self._ready = True
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.health.port if self.health else None
+
+    def _healthy(self) -> tuple[bool, str]:
+        age = time.monotonic() - self._last_beat
+        return age < 60, f"loop heartbeat {age:.1f} s ago"
+
+    def _readyz(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, "starting"
+        if not self.store.ping():
+            return False, "Redis unreachable"
+        return True, "ready"
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, stop_when: Callable[[], bool] | None = None) -> int:
+        """Consume until SIGTERM/SIGINT (or ``stop_when()``); then commit, leave, return 0."""
+        s = self.s
+        wait = s.max_wait_ms / 1000.0
+        commit_every = s.commit_interval_ms / 1000.0
+        last_commit = last_lag = last_log = time.monotonic()
+        try:
+            while not self.stop_requested.is_set() and not (stop_when and stop_when()):
+                batch = self.consumer.consume(num_messages=s.max_batch, timeout=wait)
+                self._last_beat = now = time.monotonic()
+                msgs = []
+                for m in batch:
+                    err = m.error()
+                    if err is None:
+                        msgs.append(to_in_message(m))
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer: %s", err)
+                if msgs:
+                    self.engine.process(msgs)
+                self.sink.poll()
+                if now - last_commit >= commit_every:
+                    self._commit_cycle()
+                    last_commit = time.monotonic()
+                if now - last_lag >= 5.0:
+                    self._update_lag()
+                    last_lag = now
+                if now - last_log >= 30.0:
+                    self._log_progress()
+                    last_log = now
+            self._commit_cycle()
+        finally:
+            self._shutdown()
+        return 0
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def _shutdown(self) -> None:
+        self._ready = False
+        try:
+            self.consumer.close()  # leaves the group (the revoke callback commits first)
+        except (KafkaException, RuntimeError) as e:
+            log.warning("closing the consumer: %s", e)
+        try:
+            self.sink.flush()
+        except Exception as e:
+            log.warning("final flush: %s", e)
+        if self.health:
+            self.health.stop()
+        self.store.close()
+        log.info("worker stopped: %s", self._counts())
+
+    # -- commit cycle and rebalances -------------------------------------------------------------
+    def _commit(self, offsets: Offsets) -> None:
+        try:
+            commit_offsets(self.consumer, offsets)
+        except KafkaException as e:
+            err = e.args[0] if e.args else None
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code in FENCED:
+                # this worker lost its partitions (e.g. it was paused past its session
+                # timeout): forget its cached state; the group will hand out partitions again
+                log.warning("offset commit refused (%s): partitions were reassigned", err)
+                self.metrics.commits.labels(outcome="fenced").inc()
+                self.engine.drop_partitions(list(offsets))
+            else:
+                self.metrics.commits.labels(outcome="failed").inc()
+            raise KafkaClientError(f"offset commit failed: {err}", err) from None
+
+    def _commit_cycle(self, partitions: list[tuple[str, int]] | None = None) -> None:
+        try:
+            self.engine.commit_cycle(self._commit, partitions)
+        except KafkaClientError as e:
+            log.warning("%s; offsets stay pending until the next cycle", e)
+
+    def _on_assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        self.metrics.assigned.inc(len(parts))
+        log.info("assigned %s", sorted(tp.partition for tp in parts))
+
+    def _on_revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in parts]
+        try:
+            self._commit_cycle(tps)
+        except Exception as e:
+            log.error("commit cycle on revocation failed, offsets not committed: %s", e)
+        finally:
+            n = self.engine.drop_partitions(tps)
+            self.metrics.assigned.dec(len(parts))
+            log.info("revoked %s (%d cached keys dropped)", sorted(p for _, p in tps), n)
+
+    def _on_lost(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in parts]
+        n = self.engine.drop_partitions(tps)  # nothing may be committed for lost partitions
+        self.metrics.assigned.dec(len(parts))
+        log.warning("lost %s (%d cached keys dropped, no commit)", sorted(p for _, p in tps), n)
+
+    # -- Redis outages ---------------------------------------------------------------------------
+    def _retry_redis(self, fn: Callable[[], T]) -> T:
+        """Retry a Redis operation with backoff; offsets are not committed meanwhile."""
+        delay, start = 0.1, time.monotonic()
+        while True:
+            try:
+                return fn()
+            except StateError as e:
+                waited = time.monotonic() - start
+                limit = self.s.redis_outage_limit_s
+                if (limit and waited > limit) or (self.stop_requested.is_set() and waited > 10):
+                    raise StateError(f"Redis still failing after {waited:.0f} s: {e}") from None
+                self.metrics.redis_retries.inc()
+                log.warning("Redis: %s; retrying in %.1f s", e, delay)
+                self._last_beat = time.monotonic()
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _update_lag(self) -> None:
+        try:
+            assigned = self.consumer.assignment()
+            if not assigned:
+                return
+            for tp in self.consumer.position(assigned):
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    self.metrics.lag.labels(partition=str(tp.partition)).set(
+                        max(0, high - tp.offset)
+                    )
+        except KafkaException as e:
+            log.debug("lag: %s", e)
+
+    def _counts(self) -> str:
+        get = self.metrics.registry.get_sample_value
+        dead = sum(
+            s.value
+            for metric in self.metrics.dead_letters.collect()
+            for s in metric.samples
+            if s.name.endswith("_total")
+        )
+        return (
+            f"{get('stream_lstm_events_in_total') or 0:.0f} events in, "
+            f"{get('stream_lstm_forecasts_out_total') or 0:.0f} forecasts out, "
+            f"{dead:.0f} dead letters, {len(self.engine.cache)} cached keys"
+        )
+
+    def _log_progress(self) -> None:
+        log.info("%s", self._counts())
