@@ -273,23 +273,23 @@ class WorkerSettings(Settings):
     redis_connect_timeout_s: Annotated[float, Field(ge=0)] = 0.0
     redis_outage_limit_s: Annotated[float, Field(ge=0)] = 240.0
     flush_timeout_s: Annotated[float, Field(gt=0)] = 120.0
-    # librdkafka pass-through: `kafka` reaches every client (security settings), the other two
-    # only the consumer (e.g. session.timeout.ms) or the producer (e.g. linger.ms)
-    kafka: KafkaOptions = Field(default_factory=dict)
-    kafka_consumer: KafkaOptions = Field(default_factory=dict)
-    kafka_producer: KafkaOptions = Field(default_factory=dict)
+    # librdkafka pass-through: `kafka_options` reach every client (security settings), the
+    # other two only the consumer (e.g. session.timeout.ms) or the producer (e.g. linger.ms)
+    kafka_options: KafkaOptions = Field(default_factory=dict)
+    consumer_options: KafkaOptions = Field(default_factory=dict)
+    producer_options: KafkaOptions = Field(default_factory=dict)
 
     @property
     def state_namespace(self) -> str:
         return self.namespace or f"slstm:{self.group}"
 
-    def consumer_options(self) -> dict[str, str]:
-        return {**self.kafka, **self.kafka_consumer}
+    def consumer_config(self) -> dict[str, str]:
+        return {**self.kafka_options, **self.consumer_options}
 
-    def producer_options(self) -> dict[str, str]:
-        return {**self.kafka, **self.kafka_producer}
+    def producer_config(self) -> dict[str, str]:
+        return {**self.kafka_options, **self.producer_options}
 
     def kafka_shown(self) -> dict[str, str]:
         """The pass-through librdkafka options with secret values masked."""
-        opts = {**self.kafka, **self.kafka_consumer, **self.kafka_producer}
+        opts = {**self.kafka_options, **self.consumer_options, **self.producer_options}
         return {k: ("***" if k in SECRET_KAFKA_KEYS else v) for k, v in opts.items()}

@@ -41,9 +41,15 @@ PRODUCER_DEFAULTS = {
 }
 
 
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
 def client_config(bootstrap: str, options: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Settings every client shares: bootstrap servers plus pass-through options (security)."""
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    """Settings every client shares: bootstrap servers plus pass-through options (security).
+
+    librdkafka's own log lines go to the ``librdkafka`` Python logger.
+    """
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG}
     conf.update(options or {})
     return conf
 

@@ -66,8 +66,8 @@ class Worker:
             ttl_ms=s.state_ttl_s * 1000,
             on_rtt=lambda op, sec: self.metrics.redis_rtt.labels(op=op).observe(sec),
         )
-        self.sink = KafkaSink(s.bootstrap, s.producer_options(), s.flush_timeout_s)
-        self.consumer = make_consumer(s.bootstrap, s.group, s.consumer_options())
+        self.sink = KafkaSink(s.bootstrap, s.producer_config(), s.flush_timeout_s)
+        self.consumer = make_consumer(s.bootstrap, s.group, s.consumer_config())
         self.engine = Engine(
             self.forecaster,
             self.store,
@@ -90,7 +90,7 @@ class Worker:
         s = self.s
         self.store.connect(retry_s=s.redis_connect_timeout_s)
         topics = [s.input_topic, s.output_topic, s.dlq_topic]
-        parts = check_topics(make_admin(s.bootstrap, s.kafka), topics, s.bootstrap)
+        parts = check_topics(make_admin(s.bootstrap, s.kafka_options), topics, s.bootstrap)
         if s.metrics_port >= 0:
             try:
                 self.health = HealthServer(

@@ -115,9 +115,9 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         state_ttl_s=args.state_ttl_s,
         redis_connect_timeout_s=args.redis_connect_timeout,
         redis_outage_limit_s=args.redis_outage_limit,
-        kafka=args.kafka_option,
-        kafka_consumer=args.consumer_option,
-        kafka_producer=args.producer_option,
+        kafka_options=args.kafka_option,
+        consumer_options=args.consumer_option,
+        producer_options=args.producer_option,
     )
 
 
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from stream_lstm.worker import Worker
 
     s = worker_settings(args)
-    if s.kafka:
+    if s.kafka_options or s.consumer_options or s.producer_options:
         log.info("Kafka pass-through options: %s", s.kafka_shown())
     w = Worker(s)
     w.install_signal_handlers()

@@ -49,7 +49,7 @@ def settings(
         metrics_port=0,
         max_wait_ms=20,
         commit_interval_ms=300,
-        kafka_consumer={"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"},
+        consumer_options={"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"},
     )
     base.update(kw)
     return build_settings(WorkerSettings, None, **base)
