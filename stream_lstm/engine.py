@@ -19,6 +19,7 @@ import pandas as pd
 
 from stream_lstm.data.loading import format_interval
 from stream_lstm.events import Decoder, DecoderConfig, ForecastOut, InMessage, encode_forecast
+from stream_lstm.faults import failpoint
 from stream_lstm.inference import TickRunner
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.runtime import Forecaster
@@ -345,6 +346,7 @@ class Engine:
         if not offsets and not slots.size:
             return False
         self.sink.flush()  # 1. every forecast and dead letter so far is acknowledged
+        failpoint("after_flush")
         if slots.size:  # 2. states, each carrying the offset of its last applied event
             keys = [self.cache.slot_keys[s] for s in slots]
             recs = self.cache.encode(slots)
@@ -359,6 +361,7 @@ class Engine:
                     len(res.refused),
                 )
                 self.cache.evict(self.cache.index[k] for k in res.refused if k in self.cache.index)
+        failpoint("after_save")
         if offsets:
             commit(offsets)  # 3. only now do the offsets move
             for tp, o in offsets.items():
