@@ -55,6 +55,10 @@ test: lint system-deps ## lint, then every test (unit + integration on a real Ka
 test-unit: $(STAMP) system-deps ## unit tests only (no network)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: test-chaos
+test-chaos: $(STAMP) system-deps ## only the fault tests (kill -9, zombie, Redis and broker restarts); part of `make test`
+	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
+
 .PHONY: test-integration
 test-integration: $(STAMP) system-deps ## integration tests only (real Kafka + Redis)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)

@@ -41,7 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         import_module(f"stream_lstm.commands.{name}").register(sub)
+    _accept_log_level_everywhere(parser)
     return parser
+
+
+def _accept_log_level_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` also after the command (``stream-lstm worker --log-level DEBUG``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument(
+                    "--log-level",
+                    default=argparse.SUPPRESS,
+                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                    help="logging verbosity (default: INFO)",
+                )
+                _accept_log_level_everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

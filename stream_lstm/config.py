@@ -250,6 +250,7 @@ class WorkerSettings(Settings):
     toml_section: ClassVar[str] = "worker"
 
     model: Path
+    features: CsvList | None = None  # what producers send; checked against the model at start
     bootstrap: str = "127.0.0.1:9092"
     input_topic: str = "events"
     output_topic: str = "forecasts"

@@ -89,13 +89,28 @@ def make_admin(bootstrap: str, options: Mapping[str, str] | None) -> AdminClient
 
 
 def check_topics(
-    admin: AdminClient, topics: list[str], bootstrap: str, timeout_s: float = 15.0
+    bootstrap: str, options: Mapping[str, str] | None, topics: list[str], timeout_s: float = 15.0
 ) -> dict[str, int]:
-    """Partition count of each topic; a ConfigError names missing ones and how to create them."""
+    """Partition count of each topic; a ConfigError names missing ones and how to create them.
+
+    Reaching the broker proves the connection settings: refused credentials are reported as
+    such (librdkafka itself only says "transport failure").
+    """
+    errors: list[KafkaError] = []
+    conf: dict[str, Any] = {**client_config(bootstrap, options), "error_cb": errors.append}
+    admin = AdminClient(conf)
     try:
         md = admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
-        raise KafkaClientError(f"cannot reach Kafka at {bootstrap}: {e}", e) from None
+        admin.poll(0.5)  # serve the error callbacks that say why
+        auth = [x for x in errors if x.code() == KafkaError._AUTHENTICATION]
+        if auth:
+            raise ConfigError(
+                f"Kafka at {bootstrap} refused the credentials: {auth[0].str()} "
+                "(check sasl.username / sasl.password / sasl.mechanism)"
+            ) from None
+        why = errors[0].str() if errors else str(e)
+        raise KafkaClientError(f"cannot reach Kafka at {bootstrap}: {why}", e) from None
     missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
     if missing:
         raise ConfigError(

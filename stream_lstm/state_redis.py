@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import redis
 
@@ -61,6 +62,7 @@ class RedisStateStore:
         on_rtt: Callable[[str, float], None] | None = None,
     ) -> None:
         self.url_shown = redact_url(url)
+        self._has_password = urlsplit(url).password is not None
         self.namespace = namespace
         self.version = version
         self.ttl_ms = ttl_ms
@@ -84,15 +86,18 @@ class RedisStateStore:
             try:
                 self.client.ping()
                 break
-            except redis.AuthenticationError as e:
-                raise StateError(
-                    f"Redis at {self.url_shown} refused the credentials: {e}"
-                ) from None
-            except redis.ResponseError as e:
-                if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+            except (redis.AuthenticationError, redis.ResponseError) as e:
+                auth = isinstance(e, redis.AuthenticationError) or any(
+                    w in str(e) for w in ("NOAUTH", "WRONGPASS", "NOPERM")
+                )
+                if auth and not self._has_password:
                     raise StateError(
                         f"Redis at {self.url_shown} needs a password or ACL user in the URL "
                         f"(redis://user:password@host:port/db): {e}"
+                    ) from None
+                if auth:
+                    raise StateError(
+                        f"Redis at {self.url_shown} refused the credentials: {e}"
                     ) from None
                 raise StateError(f"Redis at {self.url_shown}: {e}") from None
             except (redis.ConnectionError, redis.TimeoutError) as e:

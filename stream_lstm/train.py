@@ -97,13 +97,19 @@ class TrainOptions:
 
 
 def pick_device(choice: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; a clear error otherwise."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available")
-    if choice not in {"cpu", "cuda"} and not choice.startswith("cuda:"):
-        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {choice!r}")
-    return torch.device(choice)
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda" or choice.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {choice} was asked for but no CUDA device is available")
+        index = int(choice.partition(":")[2] or 0) if choice[5:].isdigit() or choice == "cuda" else -1
+        if not 0 <= index < torch.cuda.device_count():
+            raise ConfigError(f"--device {choice}: there are {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device(choice)
+    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {choice!r}")
 
 
 def seed_everything(seed: int) -> None:

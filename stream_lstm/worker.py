@@ -26,7 +26,6 @@ from stream_lstm.kafka import (
     KafkaSink,
     check_topics,
     commit_offsets,
-    make_admin,
     make_consumer,
     to_in_message,
 )
@@ -59,6 +58,12 @@ class Worker:
         self.device = pick_device(s.device)
         self.forecaster = Forecaster(load_artifact(s.model), self.device)
         cfg = self.forecaster.config
+        if s.features is not None and list(s.features) != list(cfg.features):
+            raise ConfigError(
+                f"--features {','.join(s.features)} does not match the model's features "
+                f"{','.join(cfg.features)} (model {self.forecaster.version} in {s.model}); "
+                "deploy a model trained on these features, or fix the setting"
+            )
         self.store = RedisStateStore(
             s.redis.get_secret_value(),
             s.state_namespace,
@@ -90,7 +95,7 @@ class Worker:
         s = self.s
         self.store.connect(retry_s=s.redis_connect_timeout_s)
         topics = [s.input_topic, s.output_topic, s.dlq_topic]
-        parts = check_topics(make_admin(s.bootstrap, s.kafka_options), topics, s.bootstrap)
+        parts = check_topics(s.bootstrap, s.kafka_options, topics)
         if s.metrics_port >= 0:
             try:
                 self.health = HealthServer(

@@ -16,6 +16,10 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
         "--config", type=Path, help="TOML file with a [worker] table (and [worker.kafka])"
     )
     p.add_argument("--model", type=Path, help="model artifact directory (required)")
+    p.add_argument(
+        "--features",
+        help="the feature names producers send; the worker refuses to start if the model's differ",
+    )
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:9092)")
     p.add_argument("--input-topic", help="topic of input events (default events)")
     p.add_argument("--output-topic", help="topic for forecasts (default forecasts)")
@@ -93,6 +97,7 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         WorkerSettings,
         args.config,
         model=args.model,
+        features=args.features,
         bootstrap=args.bootstrap,
         input_topic=args.input_topic,
         output_topic=args.output_topic,

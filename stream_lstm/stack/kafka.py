@@ -131,6 +131,9 @@ class KafkaSpec:
     controller_port: int = 9093
     heap: str = "512m"
     ready_timeout_s: float = 90.0
+    # server.properties lines added after the template's (a later key wins): e.g. a SASL
+    # listener for the security tests
+    extra_properties: tuple[tuple[str, str], ...] = ()
 
     @property
     def bootstrap(self) -> str:
@@ -195,6 +198,7 @@ class KafkaBroker:
             .replace("@BROKER_PORT@", str(s.broker_port))
             .replace("@CONTROLLER_PORT@", str(s.controller_port))
             .replace("@DATA_DIR@", str(s.data_dir))
+            + "".join(f"{k}={v}\n" for k, v in s.extra_properties)
         )
         if fresh or not (s.data_dir / "meta.properties").exists():
             shutil.rmtree(s.data_dir, ignore_errors=True)
