@@ -105,9 +105,13 @@ def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or choice.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {choice} was asked for but no CUDA device is available")
-        index = int(choice.partition(":")[2] or 0) if choice[5:].isdigit() or choice == "cuda" else -1
+        index = (
+            int(choice.partition(":")[2] or 0) if choice[5:].isdigit() or choice == "cuda" else -1
+        )
         if not 0 <= index < torch.cuda.device_count():
-            raise ConfigError(f"--device {choice}: there are {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(
+                f"--device {choice}: there are {torch.cuda.device_count()} CUDA device(s)"
+            )
         return torch.device(choice)
     raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {choice!r}")
 
