@@ -248,3 +248,55 @@ def test_bad_events_reach_the_dead_letter_topic_and_good_ones_flow(
         assert samples[("stream_lstm_dead_letters_total", (("reason", r),))] == 1, r
     assert samples[("stream_lstm_late_events_total", ())] == 1
     assert samples[("stream_lstm_end_to_end_latency_seconds_count", ())] == 6
+
+
+def test_a_new_model_version_rebuilds_each_key_from_its_stored_window(
+    services: Services,
+    topic_factory: Callable[..., str],
+    group_id: str,
+    synth_model: Path,
+    synth_data: Path,
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from stream_lstm.model.artifact import save_artifact
+
+    v2 = tmp_path / "v2"
+    a = load_artifact(synth_model)
+    with torch.no_grad():
+        for p in a.module.parameters():
+            p.mul_(0.98)
+    save_artifact(v2, a.config, a.module, a.scaler)
+    frame, _ = load_frame(synth_data, SYNTH)
+    events = events_of(frame, SYNTH)
+    topics = make_topics(topic_factory, partitions=2)
+    produce(services.bootstrap, topics.input, events[:600])
+    with running_worker(
+        settings(synth_model, services.bootstrap, services.redis_url, topics, group_id)
+    ) as w1:
+        wait_for(lambda: w1.metric("stream_lstm_forecasts_out_total") >= 600, 60, "v1 forecasts")
+    produce(services.bootstrap, topics.input, events[600:])
+    with running_worker(
+        settings(v2, services.bootstrap, services.redis_url, topics, group_id)
+    ) as w2:
+        wait_for(
+            lambda: w2.metric("stream_lstm_forecasts_out_total") >= len(events) - 600,
+            60,
+            "v2 forecasts",
+        )
+        assert w2.metric("stream_lstm_state_loads_total", outcome="rebuilt") == 3
+        assert w2.worker.store.previous_version == load_artifact(synth_model).version
+    got = forecasts_frame(read_all(services.bootstrap, topics.output, len(events)), "f0")
+    versions = (
+        got[got["h"] == 1]
+        .sort_values(["partition", "offset"])
+        .groupby("partition")["model"]
+        .agg(list)
+    )
+    v1_id, v2_id = load_artifact(synth_model).version, load_artifact(v2).version
+    for seq in versions:
+        switch = seq.index(v2_id)
+        assert set(seq[:switch]) == {v1_id} and set(seq[switch:]) == {v2_id}, (
+            "one switch per partition"
+        )

@@ -153,3 +153,16 @@ def test_calendar_features_follow_daylight_saving_over_long_spans() -> None:
     ref = np.stack([np.sin(angles[:, 0]), np.cos(angles[:, 0]), np.sin(angles[:, 1]),
                     np.cos(angles[:, 1]), np.sin(angles[:, 2]), np.cos(angles[:, 2])], 1)  # fmt: skip
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_parquet_and_csv_load_the_same(tmp_path: Path) -> None:
+    from stream_lstm.data.synthetic import synthetic_frame
+
+    df = synthetic_frame(keys=2, rows=30, features=2, seed=4)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.to_parquet(tmp_path / "d.parquet", index=False)
+    spec = SeriesSpec("ts", ("f0", "f1"), ("f0",), "key")
+    a, ra = load_frame(tmp_path / "d.csv", spec)
+    b, rb = load_frame(tmp_path / "d.parquet", spec)
+    pd.testing.assert_frame_equal(a, b)
+    assert ra.interval_ms == rb.interval_ms == H
