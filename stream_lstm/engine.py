@@ -9,6 +9,8 @@ to, and a ``commit`` function for offsets.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,12 +20,18 @@ import numpy as np
 import pandas as pd
 
 from stream_lstm.data.loading import format_interval
-from stream_lstm.events import Decoder, DecoderConfig, ForecastOut, InMessage, encode_forecast
+from stream_lstm.events import (
+    Decoder,
+    DecoderConfig,
+    ForecastEncoder,
+    InMessage,
+    MessageBatch,
+)
 from stream_lstm.faults import failpoint
 from stream_lstm.inference import TickRunner
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.runtime import Forecaster
-from stream_lstm.state import NO_TS, Layout, StateCache
+from stream_lstm.state import NO_TS, Layout, Snapshot, StateCache
 from stream_lstm.state_redis import SaveResult
 
 log = logging.getLogger(__name__)
@@ -40,6 +48,9 @@ class Sink(Protocol):
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None: ...
 
+    def produce_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
+        """Produce a tick's messages (the hot path: one call, not one per message)."""
+
     def flush(self) -> None:
         """Wait until everything produced so far is acknowledged; raise PublishError if not."""
 
@@ -49,7 +60,7 @@ class StateStore(Protocol):
 
     def load(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
-    def save(self, keys: Sequence[str], records: Sequence[bytes]) -> SaveResult: ...
+    def save(self, snap: Snapshot) -> SaveResult: ...
 
 
 @dataclass(frozen=True)
@@ -59,8 +70,64 @@ class EngineConfig:
     late_policy: str = "dlq"  # "dlq": dead-letter late events; "drop": count and drop them
 
 
+def layout_for(fc: Forecaster) -> Layout:
+    """The shape of a key's state for a model: (h, c) for the stateful kind, a T-row window."""
+    mc = fc.config
+    layers, hidden = (mc.num_layers, mc.hidden_size) if mc.stateful else (0, 0)
+    return Layout(fc.version, layers, hidden, mc.time_step, len(mc.features))
+
+
 def _once(fn: Callable[[], T]) -> T:
     return fn()
+
+
+@dataclass
+class _CommitJob:
+    snapshot: Snapshot
+    offsets: Offsets
+
+
+class _StateWriter:
+    """One background thread that saves commit-cycle snapshots in order."""
+
+    def __init__(self, save: Callable[[_CommitJob], SaveResult]) -> None:
+        self._save = save
+        self._jobs: queue.Queue[_CommitJob | None] = queue.Queue()
+        self._done: queue.Queue[tuple[_CommitJob, SaveResult | BaseException]] = queue.Queue()
+        self._in_flight = 0
+        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._done.put((job, self._save(job)))
+            except BaseException as e:
+                self._done.put((job, e))
+
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    def submit(self, job: _CommitJob) -> None:
+        self._in_flight += 1
+        self._jobs.put(job)
+
+    def done(self, block: bool) -> list[tuple[_CommitJob, SaveResult]]:
+        out = []
+        while self._in_flight:
+            try:
+                job, res = self._done.get(block=block)
+            except queue.Empty:
+                break
+            self._in_flight -= 1
+            if isinstance(res, BaseException):
+                raise res
+            out.append((job, res))
+        return out
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(30)
 
 
 class Engine:
@@ -83,14 +150,16 @@ class Engine:
             or DecoderConfig(features=tuple(mc.features), allowed_extra=tuple(mc.targets))
         )
         self.runner = TickRunner(forecaster.module, forecaster.device)
-        layers, hidden = (mc.num_layers, mc.hidden_size) if mc.stateful else (0, 0)
-        self.layout = Layout(forecaster.version, layers, hidden, mc.time_step, len(mc.features))
+        self.layout = layout_for(forecaster)
         init_h, init_c = self._initial_state()
-        self.cache = StateCache(self.layout, init_h, init_c)
+        # stateful models read windows only to rebuild: those stay in Redis, not in memory
+        self.cache = StateCache(self.layout, init_h, init_c, keep_windows=not mc.stateful)
         self.pending: Offsets = {}
+        self._writer: _StateWriter | None = None
         self.interval = format_interval(mc.interval_ms)
-        self._targets = list(mc.targets)
-        self._qnames = [repr(q) for q in mc.quantiles]
+        self._encoder = ForecastEncoder(
+            forecaster.version, self.interval, mc.interval_ms, list(mc.targets), list(mc.quantiles)
+        )
         metrics.model.info(
             {"version": forecaster.version, "kind": mc.kind, "features": ",".join(mc.features),
              "targets": ",".join(mc.targets), "horizon": str(mc.horizon), "interval": self.interval}
@@ -104,17 +173,18 @@ class Engine:
         return h[:, 0].detach().cpu().numpy(), c[:, 0].detach().cpu().numpy()
 
     # -- one tick -------------------------------------------------------------------------------
-    def process(self, msgs: Sequence[InMessage]) -> None:
+    def process(self, batch: MessageBatch | Sequence[InMessage]) -> None:
         """Apply one tick of messages: ONE model call for every key in it."""
-        if not msgs:
+        if not isinstance(batch, MessageBatch):
+            batch = MessageBatch.of(batch)
+        if not len(batch):
             return
         m = self.metrics
         t0 = time.perf_counter()
-        dec = self.decoder.decode_batch(msgs)
+        dec = self.decoder.decode_batch(batch)
         keys = np.asarray(dec.keys, dtype=object)
         codes, uniq = pd.factorize(keys)  # key id per event, unique keys in first-seen order
-        parts = np.fromiter((msgs[i].partition for i in dec.index), np.int32, len(dec.index))
-        offs = np.fromiter((msgs[i].offset for i in dec.index), np.int64, len(dec.index))
+        parts, offs = batch.partitions[dec.index], batch.offsets[dec.index]
         t1 = time.perf_counter()
 
         # state for every key of the tick: cached, else ONE round trip to Redis (may raise: no
@@ -123,11 +193,11 @@ class Engine:
         slots_u = self._slots_for(list(uniq), parts[first])
         t2 = time.perf_counter()
 
-        m.events_in.inc(len(msgs))
-        m.tick_size.observe(len(msgs))
-        self._track_offsets(msgs)
+        m.events_in.inc(len(batch))
+        m.tick_size.observe(len(batch))
+        self._track_offsets(batch)
         for b in dec.bad:
-            self._dead_letter(msgs[b.index], b.reason, b.detail)
+            self._dead_letter(batch, b.index, b.reason, b.detail)
 
         # per key in arrival order; drop what was applied before a crash, then late/duplicate
         order = np.argsort(codes, kind="stable")
@@ -140,18 +210,18 @@ class Engine:
             m.late_events.inc()
             if self.cfg.late_policy == "dlq":
                 self._dead_letter(
-                    msgs[dec.index[i]], "late", "older than the key's last applied event"
+                    batch, dec.index[i], "late", "older than the key's last applied event"
                 )
         for i in s_idx[dup]:
             self._dead_letter(
-                msgs[dec.index[i]], "duplicate", "same time as the key's last applied event"
+                batch, dec.index[i], "duplicate", "same time as the key's last applied event"
             )
         a_idx = s_idx[~late & ~dup]
         t3 = time.perf_counter()
         if a_idx.size:
             y = self._apply(a_idx, codes, slots_u, dec.values, dec.ts, offs, keys)
             t4 = time.perf_counter()
-            self._publish(a_idx, y, keys, dec.ts, parts, offs, dec.index, msgs)
+            self._publish(a_idx, y, keys, dec.ts, parts, offs, batch.timestamps[dec.index])
         else:
             t4 = time.perf_counter()
         t5 = time.perf_counter()
@@ -222,13 +292,13 @@ class Engine:
             xp = np.zeros((K, int(lengths.max()), n_in), np.float32)  # [K, Tmax, I]
             if pre.any():
                 rb = np.flatnonzero(pre)
-                w_raw, w_ts = cache.window_rows(slots[rb])  # [R, W, F], [R, W]
-                W = w_raw.shape[1]
-                valid = np.arange(W)[None, :] >= (W - pre[rb])[:, None]  # [R, W] filled rows
-                r_row, r_col = np.nonzero(valid)
-                w_keys = np.repeat(self._keys_of(slots[rb]), valid.sum(1))
-                w_x = fc.inputs(w_raw[r_row, r_col], w_ts[r_row, r_col], w_keys)
-                xp[rb[r_row], r_col - (W - pre[rb][r_row])] = w_x
+                stored = [cache.rebuild_rows.pop(int(s)) for s in slots[rb]]  # oldest first
+                w_raw = np.concatenate([v for v, _ in stored])  # [sum(pre[rb]), F]
+                w_ts = np.concatenate([t for _, t in stored])
+                r_row = np.repeat(rb, pre[rb])
+                r_col = np.arange(len(r_row)) - np.repeat(np.cumsum(pre[rb]) - pre[rb], pre[rb])
+                w_keys = np.repeat(self._keys_of(slots[rb]), pre[rb])
+                xp[r_row, r_col] = fc.inputs(w_raw, w_ts, w_keys)
                 cache.h[slots[rb]], cache.c[slots[rb]] = cache.init_h, cache.init_c
             xp[kpos, pre[kpos] + pos] = x
             y_all, h, c = self.runner.run_stateful(xp, lengths, cache.h[slots], cache.c[slots])
@@ -276,69 +346,57 @@ class Engine:
         ts: np.ndarray,
         parts: np.ndarray,
         offs: np.ndarray,
-        index: np.ndarray,
-        msgs: Sequence[InMessage],
+        msg_ts: np.ndarray,
     ) -> None:
-        """Encode one forecast per applied event and hand it to the producer."""
+        """One forecast per applied event, encoded for the whole tick, handed to the producer."""
         mc = self.mcfg
         ev_keys = keys[a_idx]
         vals = self.fc.to_original(y, ev_keys)  # [n, H, n_t, n_q]
-        point = vals[..., mc.point_index].transpose(0, 2, 1).tolist()  # [n][n_t][H]
-        quant = vals.transpose(0, 2, 3, 1).tolist() if mc.quantiles else None  # [n][n_t][n_q][H]
-        ev_ts, ev_parts, ev_offs = ts[a_idx].tolist(), parts[a_idx].tolist(), offs[a_idx].tolist()
-        topic, produce, targets, qn = (
-            self.cfg.output_topic,
-            self.sink.produce,
-            self._targets,
-            self._qnames,
+        point = vals[..., mc.point_index].transpose(0, 2, 1)  # [n, n_t, H]
+        quant = vals.transpose(0, 2, 3, 1) if mc.quantiles else None  # [n, n_t, n_q, H]
+        ev_keys_l = ev_keys.tolist()
+        messages = self._encoder.encode(
+            ev_keys_l, ts[a_idx].tolist(), point, quant, parts[a_idx].tolist(), offs[a_idx].tolist()
         )
-        version, interval, interval_ms = self.fc.version, self.interval, mc.interval_ms
-        for j, key in enumerate(ev_keys):
-            f = ForecastOut(
-                key=key,
-                ts=ev_ts[j],
-                model=version,
-                interval=interval,
-                interval_ms=interval_ms,
-                forecast=dict(zip(targets, point[j], strict=True)),
-                partition=ev_parts[j],
-                offset=ev_offs[j],
-                quantiles=(
-                    {t: dict(zip(qn, quant[j][ti], strict=True)) for ti, t in enumerate(targets)}
-                    if quant is not None
-                    else None
-                ),
-            )
-            produce(topic, key.encode(), encode_forecast(f))
-        now = time.time()
-        msg_ts = np.fromiter((msgs[i].timestamp_ms for i in index[a_idx]), np.float64, a_idx.size)
-        self.metrics.latency.observe_many(now - msg_ts / 1000.0)
+        self.sink.produce_many(self.cfg.output_topic, [k.encode() for k in ev_keys_l], messages)
+        now_ms = time.time() * 1000.0
+        self.metrics.latency.observe_many((now_ms - msg_ts[a_idx]) / 1000.0)
         self.metrics.forecasts_out.inc(a_idx.size)
 
-    def _dead_letter(self, msg: InMessage, reason: str, detail: str) -> None:
+    def _dead_letter(self, batch: MessageBatch, i: int, reason: str, detail: str) -> None:
         headers = [
             ("reason", reason.encode()),
             ("detail", detail[:500].encode(errors="replace")),
-            ("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
+            ("source", f"{batch.topic}/{batch.partitions[i]}/{batch.offsets[i]}".encode()),
             ("model", self.fc.version.encode()),
         ]
-        self.sink.produce(self.cfg.dlq_topic, msg.key, msg.value or b"", headers)
+        self.sink.produce(self.cfg.dlq_topic, batch.keys[i], batch.values[i] or b"", headers)
         self.metrics.dead_letters.labels(reason=reason).inc()
 
-    def _track_offsets(self, msgs: Sequence[InMessage]) -> None:
-        pending = self.pending
-        for msg in msgs:  # consumption order: the last message of a partition has its max offset
-            pending[(msg.topic, msg.partition)] = msg.offset + 1
+    def _track_offsets(self, batch: MessageBatch) -> None:
+        """The next offset to commit per partition: one past the highest consumed."""
+        parts = batch.partitions
+        for p in np.unique(parts):
+            self.pending[(batch.topic, int(p))] = int(batch.offsets[parts == p].max()) + 1
 
     # -- the commit cycle ---------------------------------------------------------------------
     def commit_cycle(
-        self, commit: Callable[[Offsets], None], partitions: Iterable[tuple[str, int]] | None = None
+        self,
+        commit: Callable[[Offsets], None],
+        partitions: Iterable[tuple[str, int]] | None = None,
+        *,
+        wait: bool = True,
     ) -> bool:
         """producer flush → Redis write of dirty states → offset commit (DESIGN.md's order).
 
-        ``partitions`` limits the cycle to those (on revocation). Returns False when nothing
-        needed committing.
+        ``partitions`` limits the cycle to those (on revocation). With ``wait=False`` and a
+        background writer (``start_writer``), the Redis write runs off the hot loop and the
+        offsets are committed by :meth:`poll_commits` once it is done; the order per cycle is
+        the same. Returns False when nothing needed committing.
         """
+        self.poll_commits(commit, block=wait)  # earlier cycles first, in order
+        if not wait and self._writer is not None and self._writer.busy():
+            return False  # still writing the previous snapshot: try again next interval
         t0 = time.perf_counter()
         tps = None if partitions is None else set(partitions)
         offsets = {tp: o for tp, o in self.pending.items() if tps is None or tp in tps}
@@ -347,29 +405,59 @@ class Engine:
             return False
         self.sink.flush()  # 1. every forecast and dead letter so far is acknowledged
         failpoint("after_flush")
-        if slots.size:  # 2. states, each carrying the offset of its last applied event
-            keys = [self.cache.slot_keys[s] for s in slots]
-            recs = self.cache.encode(slots)
-            res: SaveResult = self.retry(lambda: self.store.save(keys, recs))
-            self.cache.dirty[slots] = False
-            self.metrics.state_written.inc(res.written)
-            if res.refused:
-                # another worker has advanced these keys: our copy is stale, never reuse it
-                self.metrics.state_refused.inc(len(res.refused))
-                log.warning(
-                    "%d state write(s) refused: a newer state is stored (rebalanced away?)",
-                    len(res.refused),
-                )
-                self.cache.evict(self.cache.index[k] for k in res.refused if k in self.cache.index)
+        job = _CommitJob(self.cache.snapshot(slots), offsets)
+        self.cache.dirty[slots] = False  # a key changed again later is dirty again
+        if wait or self._writer is None:
+            self._finish(job, self._save(job), commit)  # 2. and 3., here and now
+        else:
+            self._writer.submit(job)  # 2. in the background; 3. in poll_commits
+        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+        return True
+
+    def _save(self, job: _CommitJob) -> SaveResult:
+        """2. states, each carrying the offset of its last applied event."""
+        if not job.snapshot.keys:
+            return SaveResult()
+        return self.retry(lambda: self.store.save(job.snapshot))
+
+    def _finish(self, job: _CommitJob, res: SaveResult, commit: Callable[[Offsets], None]) -> None:
+        self.metrics.state_written.inc(res.written)
+        if res.refused:
+            # another worker has advanced these keys: our copy is stale, never reuse it
+            self.metrics.state_refused.inc(len(res.refused))
+            log.warning(
+                "%d state write(s) refused: a newer state is stored (rebalanced away?)",
+                len(res.refused),
+            )
+            self.cache.evict(self.cache.index[k] for k in res.refused if k in self.cache.index)
         failpoint("after_save")
-        if offsets:
-            commit(offsets)  # 3. only now do the offsets move
-            for tp, o in offsets.items():
+        if job.offsets:
+            commit(job.offsets)  # 3. only now do the offsets move
+            for tp, o in job.offsets.items():
                 if self.pending.get(tp) == o:
                     del self.pending[tp]
-        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
         self.metrics.commits.labels(outcome="ok").inc()
-        return True
+
+    def start_writer(self) -> None:
+        """Write states to Redis on a background thread (the worker's hot loop never waits
+        for Redis, except to load keys it has never seen)."""
+        if self._writer is None:
+            self._writer = _StateWriter(self._save)
+
+    def poll_commits(self, commit: Callable[[Offsets], None], block: bool = False) -> None:
+        """Commit the offsets of background writes that finished (all of them if ``block``).
+
+        A write that failed for good re-raises here, on the driver's thread.
+        """
+        if self._writer is None:
+            return
+        for job, res in self._writer.done(block):
+            self._finish(job, res, commit)
+
+    def stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> int:
         """Forget the keys and pending offsets of partitions this worker no longer owns."""

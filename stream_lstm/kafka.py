@@ -11,12 +11,13 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stream_lstm.config import SECRET_KAFKA_KEYS
 from stream_lstm.errors import ConfigError, KafkaClientError, PublishError
-from stream_lstm.events import InMessage
+from stream_lstm.events import MessageBatch
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ CONSUMER_DEFAULTS = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
     "fetch.wait.max.ms": 10,
+    "fetch.queue.backoff.ms": 0,  # librdkafka 2.x waits 1 s by default: stalls of ~1 s measured
     "queued.max.messages.kbytes": 65536,
 }
 PRODUCER_DEFAULTS = {
@@ -149,6 +151,14 @@ class KafkaSink:
             except BufferError:  # the local queue is full: let deliveries drain
                 self.producer.poll(0.05)
 
+    def produce_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
+        produce = self.producer.produce
+        for k, v in zip(keys, values, strict=True):
+            try:
+                produce(topic, v, k)
+            except BufferError:
+                self.produce(topic, k, v)  # the slow path waits for the queue to drain
+
     def poll(self) -> None:
         self.producer.poll(0)
 
@@ -164,10 +174,22 @@ class KafkaSink:
             )
 
 
-def to_in_message(m: Message) -> InMessage:
-    """A consumed (error-free) message; topic, partition and offset are always set then."""
-    return InMessage(
-        m.key(), m.value(), m.topic() or "", m.partition() or 0, m.offset() or 0, m.timestamp()[1]
+def to_batch(msgs: list[Message], topic: str) -> MessageBatch:
+    """Consumed messages as columns; error events are logged and left out (EOF silently)."""
+    good = [m for m in msgs if m.error() is None]
+    if len(good) < len(msgs):
+        for m in msgs:
+            err = m.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", err)
+    n = len(good)
+    return MessageBatch(
+        topic=topic,
+        keys=[m.key() for m in good],
+        values=[m.value() for m in good],
+        partitions=np.fromiter((m.partition() for m in good), np.int32, n),
+        offsets=np.fromiter((m.offset() for m in good), np.int64, n),
+        timestamps=np.fromiter((m.timestamp()[1] for m in good), np.int64, n),
     )
 
 

@@ -1,20 +1,25 @@
 """Per-key state: the binary record stored in Redis and the in-memory cache of owned keys.
 
-A record is fixed-size little-endian binary (a numpy structured dtype), so a whole commit
-cycle's dirty keys encode in one vectorised call::
+A record is fixed-size little-endian binary (a numpy structured dtype)::
 
-    magic "SLS1" | model version (12 bytes) | last_offset i64 @16 | last_ts i64 | count i64
-    | partition i32 | fill i32 | layers u16 | hidden u16 | window u16 | features u16
-    | h f32[layers, hidden] | c f32[layers, hidden]
-    | win f32[window, features] | win_ts i64[window]      (oldest first, right-aligned)
+    magic "SLS2" | model version (12 bytes) | last_offset i64 @16 | last_ts i64 | count i64
+    | partition i32 | fill i32 | layers u16 | hidden u16 | window u16 | features u16 | head u16
+    | h f32[layers, hidden] | c f32[layers, hidden]                 ← the "fixed part"
+    | win f32[window, features] | win_ts i64[window]                ← a ring: oldest row at `head`
 
-``last_offset`` sits at byte 16 so the conditional-write script can compare it without
-decoding the rest. The window holds the raw feature values and times of the key's last
-``window`` events; rows not yet filled are zeros at the front.
+``last_offset`` sits at byte 16 so the conditional-write script compares it without decoding
+the rest. The window holds the raw feature values and times of the key's last ``window``
+events; rows not yet filled are zeros.
+
+Writes are deltas: each commit cycle sends, per dirty key, the fixed part and only the ring
+rows written since the key's last write (usually one or two), and the Redis script patches them
+into the record (creating a zero-filled one first). So a write costs about a kilobyte, not the
+whole window, and the stateful ``lstm`` kind need not keep windows in memory at all: the
+window lives in Redis and is read back only to rebuild a key's state for a new model version.
+Windowed models (``cnn-lstm-attn``) read the window every tick and keep it in memory as well.
 
 The cache keeps every owned key in slabs (one array per field, one row per key) so gathering
-and scattering a tick's keys is fancy indexing, never a per-key Python loop over tensors. The
-window is a ring per key (``head`` = oldest row = next write position).
+and scattering a tick's keys is fancy indexing, never a per-key Python loop over tensors.
 """
 
 from __future__ import annotations
@@ -24,9 +29,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAGIC = b"SLS1"
+MAGIC = b"SLS2"
 OFFSET_POS = 16  # byte position of last_offset in a record (used by the Redis script)
 NO_TS = np.iinfo(np.int64).min
+
+HEADER_FIELDS: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
+    ("magic", "S4"),
+    ("version", "S12"),
+    ("last_offset", "<i8"),
+    ("last_ts", "<i8"),
+    ("count", "<i8"),
+    ("partition", "<i4"),
+    ("fill", "<i4"),
+    ("layers", "<u2"),
+    ("hidden", "<u2"),
+    ("window", "<u2"),
+    ("features", "<u2"),
+    ("head", "<u2"),
+]
+HEADER = np.dtype(HEADER_FIELDS)
+
+
+def fixed_dtype(layers: int, hidden: int) -> np.dtype:
+    return np.dtype(
+        [*HEADER_FIELDS, ("h", "<f4", (layers, hidden)), ("c", "<f4", (layers, hidden))]
+    )
+
+
+def record_dtype(layers: int, hidden: int, window: int, features: int) -> np.dtype:
+    return np.dtype(
+        [
+            *fixed_dtype(layers, hidden).descr,
+            ("win", "<f4", (window, features)),
+            ("win_ts", "<i8", (window,)),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -47,33 +84,20 @@ class Layout:
     def record_size(self) -> int:
         return int(self.dtype.itemsize)
 
+    @property
+    def fixed_size(self) -> int:
+        return int(fixed_dtype(self.layers, self.hidden).itemsize)
 
-HEADER_FIELDS: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
-    ("magic", "S4"),
-    ("version", "S12"),
-    ("last_offset", "<i8"),
-    ("last_ts", "<i8"),
-    ("count", "<i8"),
-    ("partition", "<i4"),
-    ("fill", "<i4"),
-    ("layers", "<u2"),
-    ("hidden", "<u2"),
-    ("window", "<u2"),
-    ("features", "<u2"),
-]
-HEADER = np.dtype(HEADER_FIELDS)
+    @property
+    def row_dtype(self) -> np.dtype:
+        """One ring row in a delta: position, values, time."""
+        return np.dtype([("pos", "<u2"), ("v", "<f4", (self.features,)), ("ts", "<i8")])
 
-
-def record_dtype(layers: int, hidden: int, window: int, features: int) -> np.dtype:
-    return np.dtype(
-        [
-            *HEADER_FIELDS,
-            ("h", "<f4", (layers, hidden)),
-            ("c", "<f4", (layers, hidden)),
-            ("win", "<f4", (window, features)),
-            ("win_ts", "<i8", (window,)),
-        ]
-    )
+    @property
+    def script_args(self) -> tuple[int, int, int, int]:
+        """(record size, fixed size, bytes per window row, window values offset) for Lua."""
+        f = self.fixed_size
+        return self.record_size, f, 4 * self.features, f
 
 
 @dataclass
@@ -88,7 +112,7 @@ class Decoded:
     fill: int
     h: np.ndarray
     c: np.ndarray
-    win: np.ndarray  # [window, features]
+    win: np.ndarray  # [window, features], oldest first, right-aligned
     win_ts: np.ndarray  # [window]
 
 
@@ -101,6 +125,7 @@ def decode_any(rec: bytes) -> Decoded | None:
     if len(rec) != dt.itemsize:
         return None
     r = np.frombuffer(rec, dt, count=1)[0]
+    order = (int(r["head"]) + np.arange(int(r["window"]))) % max(1, int(r["window"]))
     return Decoded(
         version=bytes(r["version"]).decode(errors="replace"),
         last_offset=int(r["last_offset"]),
@@ -110,9 +135,31 @@ def decode_any(rec: bytes) -> Decoded | None:
         fill=int(r["fill"]),
         h=np.array(r["h"]),
         c=np.array(r["c"]),
-        win=np.array(r["win"]),
-        win_ts=np.array(r["win_ts"]),
+        win=np.array(r["win"])[order],
+        win_ts=np.array(r["win_ts"])[order],
     )
+
+
+def apply_delta(record: bytes | None, fixed: bytes, rows: bytes, layout: Layout) -> bytes:
+    """What the Redis script does, in Python (tests, the in-memory store)."""
+    size, fsize, row_bytes, win_off = layout.script_args
+    buf = bytearray(record if record is not None and len(record) == size else bytes(size))
+    buf[:fsize] = fixed
+    ts_off = win_off + layout.window * row_bytes
+    for r in np.frombuffer(rows, layout.row_dtype):
+        p = int(r["pos"])
+        buf[win_off + p * row_bytes : win_off + (p + 1) * row_bytes] = r["v"].tobytes()
+        buf[ts_off + 8 * p : ts_off + 8 * (p + 1)] = r["ts"].tobytes()
+    return bytes(buf)
+
+
+@dataclass
+class Snapshot:
+    """Dirty keys' states at a commit cycle: a fixed part and new ring rows per key."""
+
+    keys: list[str]
+    fixed: list[bytes]
+    rows: list[bytes]
 
 
 class StateCache:
@@ -120,8 +167,6 @@ class StateCache:
 
     h: np.ndarray  # [cap, L, Hd] float32
     c: np.ndarray  # [cap, L, Hd] float32
-    win: np.ndarray  # [cap, W, F] float32, a ring per key
-    win_ts: np.ndarray  # [cap, W] int64
     head: np.ndarray  # [cap] int32, ring position of the oldest row (= next write)
     fill: np.ndarray  # [cap] int32, rows filled (≤ W)
     last_offset: np.ndarray  # [cap] int64, offset of the last applied event (-1: none)
@@ -130,23 +175,37 @@ class StateCache:
     partition: np.ndarray  # [cap] int32
     dirty: np.ndarray  # [cap] bool, changed since the last Redis write
     rebuild: np.ndarray  # [cap] bool, replay the window through the model first
+    win: np.ndarray | None  # [cap, W, F] float32 ring, only when windows are kept in memory
+    win_ts: np.ndarray | None  # [cap, W] int64
 
     def __init__(
-        self, layout: Layout, init_h: np.ndarray, init_c: np.ndarray, capacity: int = 1024
+        self,
+        layout: Layout,
+        init_h: np.ndarray,
+        init_c: np.ndarray,
+        *,
+        keep_windows: bool,
+        capacity: int = 1024,
     ) -> None:
         self.layout = layout
+        self.keep_windows = keep_windows
         self.init_h = init_h.astype(np.float32).reshape(layout.layers, layout.hidden)
         self.init_c = init_c.astype(np.float32).reshape(layout.layers, layout.hidden)
         self.index: dict[str, int] = {}
         self.slot_keys: list[str | None] = []
         self.free: list[int] = []
+        self.win = self.win_ts = None
+        # ring rows written since each key's last Redis write: chunks of (slot, pos, v, ts)
+        self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        # windows of keys loaded from another model version, until the model replays them
+        self.rebuild_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._fixed_buf: np.ndarray | None = None  # reused by snapshots: no page faults
         self._alloc(capacity)
 
     def _alloc(self, cap: int) -> None:
         lay = self.layout
         L, Hd, W, F = lay.layers, lay.hidden, lay.window, lay.features
-        old = getattr(self, "h", None)
-        n_old = 0 if old is None else old.shape[0]
+        n_old = 0 if not hasattr(self, "h") else self.h.shape[0]
 
         def grow(name: str, shape: tuple[int, ...], dtype: type, fill: object = 0) -> None:
             arr: np.ndarray = np.full((cap, *shape), fill, dtype=dtype)
@@ -156,8 +215,9 @@ class StateCache:
 
         grow("h", (L, Hd), np.float32)
         grow("c", (L, Hd), np.float32)
-        grow("win", (W, F), np.float32)
-        grow("win_ts", (W,), np.int64)
+        if self.keep_windows:
+            grow("win", (W, F), np.float32)
+            grow("win_ts", (W,), np.int64)
         grow("head", (), np.int32)
         grow("fill", (), np.int32)
         grow("last_offset", (), np.int64, -1)
@@ -165,7 +225,7 @@ class StateCache:
         grow("count", (), np.int64)
         grow("partition", (), np.int32, -1)
         grow("dirty", (), np.bool_, False)
-        grow("rebuild", (), np.bool_, False)  # replay the window through the model first
+        grow("rebuild", (), np.bool_, False)
         self.slot_keys += [None] * (cap - n_old)
         self.free += list(range(cap - 1, n_old - 1, -1))
 
@@ -198,8 +258,9 @@ class StateCache:
     def reset(self, slots: np.ndarray) -> None:
         self.h[slots] = self.init_h
         self.c[slots] = self.init_c
-        self.win[slots] = 0
-        self.win_ts[slots] = 0
+        if self.win is not None and self.win_ts is not None:
+            self.win[slots] = 0
+            self.win_ts[slots] = 0
         self.head[slots] = 0
         self.fill[slots] = 0
         self.last_offset[slots] = -1
@@ -209,7 +270,7 @@ class StateCache:
         self.rebuild[slots] = False
 
     def evict(self, slots: Iterable[int]) -> int:
-        n = 0
+        gone = []
         for s in slots:
             k = self.slot_keys[int(s)]
             if k is None:
@@ -218,8 +279,11 @@ class StateCache:
             self.slot_keys[int(s)] = None
             self.free.append(int(s))
             self.dirty[int(s)] = False
-            n += 1
-        return n
+            self.rebuild_rows.pop(int(s), None)
+            gone.append(int(s))
+        if gone and self._log:
+            self._drop_log(np.asarray(gone))
+        return len(gone)
 
     def slots_of_partitions(self, partitions: Iterable[int]) -> np.ndarray:
         used = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
@@ -237,10 +301,12 @@ class StateCache:
 
     # -- windows -----------------------------------------------------------------------------
     def window_rows(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Windows oldest first, right-aligned (zeros before the first event).
+        """Windows kept in memory, oldest first, right-aligned (zeros before the first event).
 
         Returns ``[S, W, F]`` values and ``[S, W]`` times.
         """
+        assert self.win is not None, "windows are not kept in memory"
+        assert self.win_ts is not None
         W = self.layout.window
         idx = (self.head[slots][:, None] + np.arange(W)[None, :]) % W  # [S, W]
         return self.win[slots[:, None], idx], self.win_ts[slots[:, None], idx]
@@ -259,18 +325,36 @@ class StateCache:
         keep = pos >= counts - W  # only the last W events of a key can stay in its ring
         s, p = slots[keep], pos[keep]
         at = (self.head[s] + p) % W
-        self.win[s, at] = values[keep]
-        self.win_ts[s, at] = ts[keep]
+        if self.win is not None and self.win_ts is not None:
+            self.win[s, at] = values[keep]
+            self.win_ts[s, at] = ts[keep]
+        self._log.append((s, at.astype(np.int64), values[keep], ts[keep]))
         first = pos == 0
         ks, kn = slots[first], counts[first]
         self.head[ks] = (self.head[ks] + kn) % W
         self.fill[ks] = np.minimum(self.fill[ks] + kn, W)
 
+    def _drop_log(self, slots: np.ndarray) -> None:
+        """Forget the logged rows of ``slots`` (written, or evicted)."""
+        s, p, v, t = self._merged_log()
+        keep = ~np.isin(s, slots)
+        self._log = [(s[keep], p[keep], v[keep], t[keep])] if keep.any() else []
+
+    def _merged_log(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if len(self._log) == 1:
+            return self._log[0]
+        s, p, v, t = (np.concatenate(x) for x in zip(*self._log, strict=True))
+        self._log = [(s, p, v, t)]
+        return s, p, v, t
+
     # -- records -----------------------------------------------------------------------------
-    def encode(self, slots: np.ndarray) -> list[bytes]:
-        """Records for ``slots``, in one vectorised pass."""
+    def snapshot(self, slots: np.ndarray) -> Snapshot:
+        """The dirty states of ``slots`` as deltas, in one vectorised pass; clears their log."""
         lay = self.layout
-        rec = np.zeros(len(slots), dtype=lay.dtype)
+        n = len(slots)
+        if self._fixed_buf is None or self._fixed_buf.shape[0] < n:
+            self._fixed_buf = np.zeros(max(n, 1024), dtype=fixed_dtype(lay.layers, lay.hidden))
+        rec = self._fixed_buf[:n]
         rec["magic"] = MAGIC
         rec["version"] = lay.version.encode()[:12]
         rec["last_offset"] = self.last_offset[slots]
@@ -280,12 +364,48 @@ class StateCache:
         rec["fill"] = self.fill[slots]
         rec["layers"], rec["hidden"] = lay.layers, lay.hidden
         rec["window"], rec["features"] = lay.window, lay.features
+        rec["head"] = self.head[slots]
         rec["h"] = self.h[slots]
         rec["c"] = self.c[slots]
-        rec["win"], rec["win_ts"] = self.window_rows(slots)
         raw = rec.tobytes()
-        size = lay.record_size
-        return [raw[i * size : (i + 1) * size] for i in range(len(slots))]
+        size = lay.fixed_size
+        fixed = [raw[i * size : (i + 1) * size] for i in range(n)]
+        rows = self._rows_of(slots)
+        keys = [self.slot_keys[s] or "" for s in slots]
+        return Snapshot(keys, fixed, rows)
+
+    def _rows_of(self, slots: np.ndarray) -> list[bytes]:
+        """Per slot, its logged ring rows (the last one per position), packed for the script."""
+        empty = [b""] * len(slots)
+        if not self._log or not len(slots):
+            return empty
+        s, p, v, t = self._merged_log()
+        mine = np.isin(s, slots)
+        if not mine.any():
+            return empty
+        s, p, v, t = s[mine], p[mine], v[mine], t[mine]
+        self._log = [(x[~mine], y[~mine], z[~mine], w[~mine]) for x, y, z, w in self._log]
+        if not self._log[0][0].size:
+            self._log = []
+        # the last write of each (slot, position) wins: keep the last occurrence
+        order = np.lexsort((np.arange(len(s)), p, s))
+        s, p, v, t = s[order], p[order], v[order], t[order]
+        last = np.r_[(s[1:] != s[:-1]) | (p[1:] != p[:-1]), True]
+        s, p, v, t = s[last], p[last], v[last], t[last]
+        packed = np.empty(len(s), dtype=self.layout.row_dtype)
+        packed["pos"], packed["v"], packed["ts"] = p, v, t
+        raw = packed.tobytes()
+        width = packed.dtype.itemsize
+        # rows are grouped by slot (sorted); map each requested slot to its byte range
+        uniq, first, counts = np.unique(s, return_index=True, return_counts=True)
+        where = dict(
+            zip(uniq.tolist(), zip(first.tolist(), counts.tolist(), strict=True), strict=True)
+        )
+        out = []
+        for slot in slots.tolist():
+            f, k = where.get(slot, (0, 0))
+            out.append(raw[f * width : (f + k) * width])
+        return out
 
     def load(self, slots: np.ndarray, records: Sequence[bytes | None]) -> dict[str, int]:
         """Fill freshly allocated ``slots`` from stored records (None = never seen).
@@ -295,26 +415,23 @@ class StateCache:
         window (or started fresh when the window's features do not match). Returns counts.
         """
         lay = self.layout
+        tag = lay.version.encode()[:12].ljust(12, b"\0")
         same = [
             i
             for i, r in enumerate(records)
-            if r is not None
-            and len(r) == lay.record_size
-            and r[4:16] == lay.version.encode()[:12].ljust(12, b"\0")
+            if r is not None and len(r) == lay.record_size and r[4:16] == tag
         ]
         stats = {"restored": len(same), "rebuilt": 0, "fresh": 0, "new": 0}
         if same:
             arr = np.frombuffer(b"".join(records[i] or b"" for i in same), dtype=lay.dtype)
             s = slots[same]
             self.h[s], self.c[s] = arr["h"], arr["c"]
-            self.win[s], self.win_ts[s] = arr["win"], arr["win_ts"]
-            self.head[s] = 0
+            if self.win is not None and self.win_ts is not None:
+                self.win[s], self.win_ts[s] = arr["win"], arr["win_ts"]
+            self.head[s] = arr["head"]
             self.fill[s] = arr["fill"]
-            self.last_offset[s], self.last_ts[s], self.count[s] = (
-                arr["last_offset"],
-                arr["last_ts"],
-                arr["count"],
-            )
+            self.last_offset[s], self.last_ts[s] = arr["last_offset"], arr["last_ts"]
+            self.count[s] = arr["count"]
         same_set = set(same)
         for i, r in enumerate(records):
             if i in same_set:
@@ -332,14 +449,19 @@ class StateCache:
                 d.last_ts,
                 d.count,
             )
-            if d.win.shape == (lay.window, lay.features):
-                self.win[s1], self.win_ts[s1] = d.win, d.win_ts
-                self.fill[s1] = d.fill
-                self.head[s1] = 0
-                self.rebuild[s1] = lay.layers > 0 and d.fill > 0
-                self.dirty[s1] = True  # written under the new version at the next commit
-                stats["rebuilt"] += 1
-            else:
-                self.dirty[s1] = True
+            self.dirty[s1] = True  # written under the new version at the next commit
+            if d.win.shape != (lay.window, lay.features):
                 stats["fresh"] += 1
+                continue
+            # the window, oldest first and right-aligned, becomes this version's ring (head 0)
+            W = lay.window
+            self.fill[s1], self.head[s1] = d.fill, 0
+            if self.win is not None and self.win_ts is not None:
+                self.win[s1], self.win_ts[s1] = d.win, d.win_ts
+            filled = np.arange(W - d.fill, W)
+            self._log.append((np.full(d.fill, s1), filled, d.win[filled], d.win_ts[filled]))
+            if lay.layers > 0 and d.fill > 0:
+                self.rebuild[s1] = True
+                self.rebuild_rows[s1] = (d.win[filled], d.win_ts[filled])
+            stats["rebuilt"] += 1
         return stats

@@ -21,21 +21,38 @@ import redis
 
 from stream_lstm.config import redact_url
 from stream_lstm.errors import StateError
-from stream_lstm.state import OFFSET_POS
+from stream_lstm.state import OFFSET_POS, Layout, Snapshot
 
-# KEYS: record keys; ARGV[1]: TTL in ms (0 = none); ARGV[i + 1]: the record for KEYS[i].
+# KEYS: record keys. ARGV: TTL ms (0 = none), record size, fixed-part size, bytes of a window
+# row's values, window length; then for KEYS[i]: ARGV[5 + 2i] the fixed part (header, h, c) and
+# ARGV[6 + 2i] the new ring rows, each (u16 position, values, i64 time). A missing record is
+# created zero-filled first. The write is refused when the stored last_offset is newer.
 WRITE_IF_NOT_OLDER = f"""
+local ttl, size, fixed, rb, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5])
+local ts_off = fixed + window * rb
 local written = 0
 local refused = {{}}
-local ttl = tonumber(ARGV[1])
 for i, k in ipairs(KEYS) do
-  local rec = ARGV[i + 1]
-  local new_off = struct.unpack('<i8', rec, {OFFSET_POS + 1})
+  local head = ARGV[4 + 2 * i]
+  local rows = ARGV[5 + 2 * i]
+  local new_off = struct.unpack('<i8', head, {OFFSET_POS + 1})
   local cur = redis.call('GETRANGE', k, {OFFSET_POS}, {OFFSET_POS + 7})
   if #cur == 8 and struct.unpack('<i8', cur) > new_off then
     refused[#refused + 1] = i
   else
-    if ttl > 0 then redis.call('SET', k, rec, 'PX', ttl) else redis.call('SET', k, rec) end
+    if redis.call('STRLEN', k) ~= size then
+      redis.call('SET', k, string.rep('\\0', size))
+    end
+    redis.call('SETRANGE', k, 0, head)
+    local o = 1
+    while o < #rows do
+      local pos = struct.unpack('<I2', rows, o)
+      redis.call('SETRANGE', k, fixed + pos * rb, string.sub(rows, o + 2, o + 1 + rb))
+      redis.call('SETRANGE', k, ts_off + pos * 8, string.sub(rows, o + 2 + rb, o + 9 + rb))
+      o = o + 10 + rb
+    end
+    if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
     written = written + 1
   end
 end
@@ -54,7 +71,7 @@ class RedisStateStore:
         self,
         url: str,
         namespace: str,
-        version: str,
+        layout: Layout,
         *,
         ttl_ms: int = 7 * 86_400_000,
         chunk: int = 512,
@@ -64,7 +81,8 @@ class RedisStateStore:
         self.url_shown = redact_url(url)
         self._has_password = urlsplit(url).password is not None
         self.namespace = namespace
-        self.version = version
+        self.layout = layout
+        self.version = layout.version
         self.ttl_ms = ttl_ms
         self.chunk = chunk
         self.on_rtt = on_rtt
@@ -147,12 +165,15 @@ class RedisStateStore:
             return [c if c is not None else p for c, p in zip(cur, prev, strict=True)]
         return cur
 
-    def save(self, keys: Sequence[str], records: Sequence[bytes]) -> SaveResult:
-        """Conditional writes in one pipelined round trip (chunks of ``chunk`` keys per call)."""
+    def save(self, snap: Snapshot) -> SaveResult:
+        """Conditional delta writes in one pipelined round trip (``chunk`` keys per call)."""
         result = SaveResult()
+        keys = snap.keys
         if not keys:
             return result
         t0 = time.perf_counter()
+        size, fixed, row_bytes, _ = self.layout.script_args
+        common = (self.ttl_ms, size, fixed, row_bytes, self.layout.window)
         for attempt in (1, 2):
             try:
                 if self._sha is None:
@@ -161,9 +182,12 @@ class RedisStateStore:
                 bounds = list(range(0, len(keys), self.chunk))
                 for s in bounds:
                     part = [self.record_key(k) for k in keys[s : s + self.chunk]]
-                    pipe.evalsha(
-                        self._sha, len(part), *part, self.ttl_ms, *records[s : s + self.chunk]
-                    )
+                    args: list[bytes | int] = []
+                    for f, r in zip(
+                        snap.fixed[s : s + self.chunk], snap.rows[s : s + self.chunk], strict=True
+                    ):
+                        args += (f, r)
+                    pipe.evalsha(self._sha, len(part), *part, *common, *args)
                 replies = pipe.execute()
                 break
             except redis.exceptions.NoScriptError:

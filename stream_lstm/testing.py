@@ -14,7 +14,7 @@ import pandas as pd
 
 from stream_lstm.data.loading import KEY, TS
 from stream_lstm.events import InMessage, encode_event
-from stream_lstm.state import OFFSET_POS
+from stream_lstm.state import OFFSET_POS, Layout, Snapshot, apply_delta
 from stream_lstm.state_redis import SaveResult
 
 
@@ -42,6 +42,10 @@ class MemorySink:
     ) -> None:
         self.pending.append(Produced(topic, key, value, headers))
 
+    def produce_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
+        for k, v in zip(keys, values, strict=True):
+            self.produce(topic, k, v)
+
     def flush(self) -> None:
         self.delivered += self.pending
         self.pending = []
@@ -52,13 +56,17 @@ class MemorySink:
 
 @dataclass
 class MemoryStore:
-    """The Redis store's contract in memory, including the refuse-if-older write."""
+    """The Redis store's contract in memory: delta writes, refused when a newer one is stored."""
 
-    version: str
+    layout: Layout
     previous_version: str | None = None
     data: dict[str, bytes] = field(default_factory=dict)
     loads: int = 0  # round trips
     saves: int = 0
+
+    @property
+    def version(self) -> str:
+        return self.layout.version
 
     def _k(self, key: str, version: str | None = None) -> str:
         return f"{version or self.version}:{{{key}}}"
@@ -73,20 +81,23 @@ class MemoryStore:
             out.append(rec)
         return out
 
-    def save(self, keys: Sequence[str], records: Sequence[bytes]) -> SaveResult:
+    def save(self, snap: Snapshot) -> SaveResult:
         self.saves += 1
         res = SaveResult()
-        for k, r in zip(keys, records, strict=True):
+        for k, fixed, rows in zip(snap.keys, snap.fixed, snap.rows, strict=True):
             cur = self.data.get(self._k(k))
-            new_off = int.from_bytes(r[OFFSET_POS : OFFSET_POS + 8], "little", signed=True)
+            new_off = int.from_bytes(fixed[OFFSET_POS : OFFSET_POS + 8], "little", signed=True)
             if cur is not None:
                 old_off = int.from_bytes(cur[OFFSET_POS : OFFSET_POS + 8], "little", signed=True)
                 if old_off > new_off:
                     res.refused.append(k)
                     continue
-            self.data[self._k(k)] = r
+            self.data[self._k(k)] = apply_delta(cur, fixed, rows, self.layout)
             res.written += 1
         return res
+
+    def record(self, key: str) -> bytes | None:
+        return self.data.get(self._k(key))
 
 
 def frame_events(

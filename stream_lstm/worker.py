@@ -19,7 +19,7 @@ import torch
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_lstm.config import WorkerSettings, redact_url
-from stream_lstm.engine import Engine, EngineConfig, Offsets
+from stream_lstm.engine import Engine, EngineConfig, Offsets, layout_for
 from stream_lstm.errors import ConfigError, KafkaClientError, StateError
 from stream_lstm.events import DecoderConfig
 from stream_lstm.kafka import (
@@ -27,7 +27,7 @@ from stream_lstm.kafka import (
     check_topics,
     commit_offsets,
     make_consumer,
-    to_in_message,
+    to_batch,
 )
 from stream_lstm.metrics import HealthServer, WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
@@ -53,8 +53,9 @@ class Worker:
         self._last_beat = time.monotonic()
         self._ready = False
         self.health: HealthServer | None = None
-        if s.threads:
-            torch.set_num_threads(s.threads)
+        # one intra-op thread by default: a tick's model call is small, and OpenMP threads that
+        # spin-wait on a 2-core machine shared with the broker stall the loop (measured)
+        torch.set_num_threads(s.threads or 1)
         self.device = pick_device(s.device)
         self.forecaster = Forecaster(load_artifact(s.model), self.device)
         cfg = self.forecaster.config
@@ -67,7 +68,7 @@ class Worker:
         self.store = RedisStateStore(
             s.redis.get_secret_value(),
             s.state_namespace,
-            self.forecaster.version,
+            layout_for(self.forecaster),
             ttl_ms=s.state_ttl_s * 1000,
             on_rtt=lambda op, sec: self.metrics.redis_rtt.labels(op=op).observe(sec),
         )
@@ -94,6 +95,7 @@ class Worker:
     def start(self) -> None:
         s = self.s
         self.store.connect(retry_s=s.redis_connect_timeout_s)
+        self.engine.start_writer()
         topics = [s.input_topic, s.output_topic, s.dlq_topic]
         parts = check_topics(s.bootstrap, s.kafka_options, topics)
         if s.metrics_port >= 0:
@@ -157,20 +159,15 @@ class Worker:
         last_commit = last_lag = last_log = time.monotonic()
         try:
             while not self.stop_requested.is_set() and not (stop_when and stop_when()):
-                batch = self.consumer.consume(num_messages=s.max_batch, timeout=wait)
+                msgs = self.consumer.consume(num_messages=s.max_batch, timeout=wait)
                 self._last_beat = now = time.monotonic()
-                msgs = []
-                for m in batch:
-                    err = m.error()
-                    if err is None:
-                        msgs.append(to_in_message(m))
-                    elif err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer: %s", err)
-                if msgs:
-                    self.engine.process(msgs)
+                batch = to_batch(msgs, s.input_topic)
+                if len(batch):
+                    self.engine.process(batch)
                 self.sink.poll()
+                self._guarded(self.engine.poll_commits, self._commit)
                 if now - last_commit >= commit_every:
-                    self._commit_cycle()
+                    self._guarded(self.engine.commit_cycle, self._commit, wait=False)
                     last_commit = time.monotonic()
                 if now - last_lag >= 5.0:
                     self._update_lag()
@@ -202,6 +199,7 @@ class Worker:
             log.warning("final flush: %s", e)
         if self.health:
             self.health.stop()
+        self.engine.stop_writer()
         self.store.close()
         log.info("worker stopped: %s", self._counts())
 
@@ -223,8 +221,12 @@ class Worker:
             raise KafkaClientError(f"offset commit failed: {err}", err) from None
 
     def _commit_cycle(self, partitions: list[tuple[str, int]] | None = None) -> None:
+        """A whole commit cycle, waiting for the Redis write (revocation, shutdown)."""
+        self._guarded(self.engine.commit_cycle, self._commit, partitions)
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
         try:
-            self.engine.commit_cycle(self._commit, partitions)
+            fn(*args, **kw)
         except KafkaClientError as e:
             log.warning("%s; offsets stay pending until the next cycle", e)
 

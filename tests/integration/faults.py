@@ -20,7 +20,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_lstm.engine import Engine, EngineConfig
+from stream_lstm.engine import Engine, EngineConfig, layout_for
 from stream_lstm.events import InMessage, decode_forecast
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
@@ -259,32 +259,28 @@ def three_checks(
 
     # (3) the uninterrupted run: the same messages, in order, through the engine in process
     fc = Forecaster(load_artifact(model))
-    ref = Engine(fc, MemoryStore(fc.version), MemorySink(), WorkerMetrics(), EngineConfig("o", "d"))
+    ref_store = MemoryStore(layout_for(fc))
+    ref = Engine(fc, ref_store, MemorySink(), WorkerMetrics(), EngineConfig("o", "d"))
     msgs = [InMessage(m.key(), m.value(), m.topic(), m.partition(), m.offset(), 0) for m in inputs]
     msgs.sort(key=lambda m: (m.partition, m.offset))
     for tick in ticks(msgs, [4096]):
         ref.process(tick)
+    ref.commit_cycle(lambda offsets: None)
     r = redis.Redis.from_url(redis_url)
     keys = list(ref.cache.index)
     stored = r.mget([f"{namespace}:{fc.version}:{{{k}}}" for k in keys])
     worst = 0.0
     for k, rec in zip(keys, stored, strict=True):
         assert rec is not None, f"(3) no state stored for {k}"
-        got = decode_any(rec)
-        assert got is not None
-        s = ref.cache.index[k]
-        assert got.count == ref.cache.count[s], (
-            f"(3) {k}: {got.count} events applied, uninterrupted {ref.cache.count[s]}"
+        got, want = decode_any(rec), decode_any(ref_store.record(k) or b"")
+        assert got is not None and want is not None
+        assert got.count == want.count, (
+            f"(3) {k}: {got.count} events applied, uninterrupted {want.count}"
         )
-        assert (
-            got.last_offset == ref.cache.last_offset[s] and got.last_ts == ref.cache.last_ts[s]
-        ), k
-        np.testing.assert_array_equal(got.win, ref.cache.window_rows(np.array([s]))[0][0])
-        worst = max(
-            worst,
-            float(np.abs(got.h - ref.cache.h[s]).max()),
-            float(np.abs(got.c - ref.cache.c[s]).max()),
-        )
+        assert got.last_offset == want.last_offset and got.last_ts == want.last_ts, k
+        np.testing.assert_array_equal(got.win, want.win)  # the window: every event once, in order
+        np.testing.assert_array_equal(got.win_ts, want.win_ts)
+        worst = max(worst, float(np.abs(got.h - want.h).max()), float(np.abs(got.c - want.c).max()))
     assert worst <= 1e-6, f"(3) final states differ from an uninterrupted run by {worst}"
     report.max_state_diff = worst
     r.close()

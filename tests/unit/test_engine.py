@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
-from stream_lstm.engine import Engine, EngineConfig
+from stream_lstm.engine import Engine, EngineConfig, layout_for
 from stream_lstm.events import decode_forecast
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact, save_artifact
@@ -29,7 +29,7 @@ def make_engine(
     model: Path, store: MemoryStore | None = None, sink: MemorySink | None = None
 ) -> tuple[Engine, MemoryStore, MemorySink]:
     fc = Forecaster(load_artifact(model))
-    store = store or MemoryStore(fc.version)
+    store = store or MemoryStore(layout_for(fc))
     sink = sink or MemorySink()
     return Engine(fc, store, sink, WorkerMetrics(), CFG), store, sink
 
@@ -167,7 +167,7 @@ def test_a_new_model_version_rebuilds_state_from_the_window(
     save_artifact(v2, a.config, a.module, a.scaler)
     fc2 = Forecaster(load_artifact(v2))
     assert fc2.version != eng.fc.version
-    store2 = MemoryStore(fc2.version, previous_version=eng.fc.version, data=store.data)
+    store2 = MemoryStore(layout_for(fc2), previous_version=eng.fc.version, data=store.data)
     eng2 = Engine(fc2, store2, MemorySink(), WorkerMetrics(), CFG)
     for tick in ticks(msgs[600:], [64]):
         eng2.process(tick)

@@ -11,12 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_lstm.engine import Engine, EngineConfig
+from stream_lstm.engine import Engine, EngineConfig, layout_for
 from stream_lstm.events import (
     REASONS,
     Decoder,
     DecoderConfig,
     InMessage,
+    MessageBatch,
     decode_forecast,
     encode_event,
     parse_ts,
@@ -33,6 +34,12 @@ OK = {"f0": 1.0, "f1": 2.0}
 # (reason, Kafka key, value) — one bad message per row of the catalogue
 CATALOGUE: list[tuple[str, bytes | None, bytes | None]] = [
     ("not_json", b"a", b"{not json"),
+    ("not_json", b"a", b"\r\n"),  # whitespace only (found by the fuzz test)
+    (
+        "not_json",
+        b"a",
+        encode_event("a", T0 + 10 * H, OK) + b"," + encode_event("a", T0 + 11 * H, OK),
+    ),
     ("not_utf8", b"a", b'{"key": "a", "ts": 1, "values": {"f0": "\xff\xfe"}}'),
     ("not_utf8", b"a", b"\xff\xfe\xfd"),
     ("wrong_type", b"a", b'{"key": "a", "ts": 1704067200000, "values": {"f0": "x", "f1": 2}}'),
@@ -81,7 +88,7 @@ def forecaster(tiny_model: Path) -> Forecaster:
 
 def engine(fc: Forecaster) -> tuple[Engine, MemorySink]:
     sink = MemorySink()
-    eng = Engine(fc, MemoryStore(fc.version), sink, WorkerMetrics(), EngineConfig("out", "dlq"))
+    eng = Engine(fc, MemoryStore(layout_for(fc)), sink, WorkerMetrics(), EngineConfig("out", "dlq"))
     eng.decoder = Decoder(
         DecoderConfig(features=("f0", "f1"), allowed_extra=("f0",), max_future_ms=86_400_000)
     )
@@ -204,7 +211,9 @@ def _bytes_of(doc: object) -> bytes:
 )
 def test_decoder_never_raises(values: list[bytes | None], key: bytes | None) -> None:
     dec = Decoder(DecoderConfig(features=("f0", "f1"), allowed_extra=("f2",)))
-    batch = dec.decode_batch([InMessage(key, v, "t", 0, i, 0) for i, v in enumerate(values)])
+    batch = dec.decode_batch(
+        MessageBatch.of([InMessage(key, v, "t", 0, i, 0) for i, v in enumerate(values)])
+    )
     assert len(batch.index) + len(batch.bad) == len(values)
     assert all(b.reason in REASONS for b in batch.bad)
     assert batch.values.shape == (len(batch.index), 2)

@@ -1,0 +1,1 @@
+"""The benchmark suite (``stream-lstm bench``): figures and JSON, never a test verdict."""

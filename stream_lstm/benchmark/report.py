@@ -1,0 +1,66 @@
+"""Summaries of a benchmark result: a console table and a Markdown fragment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} logical cores, {m['memory_gib']} GiB; {m['os']}; "
+        f"Python {m['python']}, torch {m['torch']}, librdkafka {m['librdkafka']}, "
+        f"Apache Kafka {m['kafka']}, stream-lstm {m['stream_lstm']}; GPU: {m['cuda'] or 'none'}.",
+        "",
+    ]
+    s = r["settings"]
+    if r.get("throughput"):
+        lines += [
+            f"Saturated throughput, median of {s['rounds']} rounds (events/s; {s['events']:,} measured "
+            f"events per run; the per-event baseline on {s['baseline_events']:,}):",
+            "",
+            "| keys | passthrough ceiling | worker | per-event baseline | worker / passthrough | worker / baseline | worker CPU | worker RSS |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for t in r["throughput"]:
+            med = t["median_events_per_s"]
+            lines.append(
+                f"| {t['keys']:,} | {med['passthrough']:,.0f} | {med['worker']:,.0f} | {med['per-event baseline']:,.0f} "
+                f"| {t['worker_over_passthrough']:.2f} | {t['worker_over_baseline']:.0f}× | {t['worker_cpu_percent_median']:.0f} % "
+                f"| {t['worker_rss_bytes_max'] / 2**20:.0f} MiB |"
+            )
+        lines.append("")
+    if r.get("latency"):
+        lines += [
+            "End-to-end latency (input message timestamp → forecast message timestamp) at fixed offered loads:",
+            "",
+            "| keys | offered | achieved | p50 | p95 | p99 | max | worker CPU | worker RSS |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for x in r["latency"]:
+            ms = x["latency_ms"]
+            lines.append(
+                f"| {x['keys']:,} | {x['offered_events_per_s']:,} | {x['achieved_events_per_s']:,.0f} | {ms['p50']:.1f} ms "
+                f"| {ms['p95']:.1f} ms | {ms['p99']:.1f} ms | {ms['max']:.0f} ms | {x['worker_cpu_percent']:.0f} % "
+                f"| {x['worker_rss_bytes'] / 2**20:.0f} MiB |"
+            )
+        lines.append("")
+    if r.get("micro"):
+        lines += [
+            "Inference, one tick of S keys (keys/s): `step` = gather (h, c), one LSTM step, head, scatter; "
+            "`window` = recompute a T-step window per key:",
+            "",
+            "| device | threads | S | step ms | step keys/s | window ms | window keys/s | window / step |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for x in r["micro"]:
+            w = (
+                f"{x['window_ms']:.2f} | {x['window_keys_per_s']:,.0f} | {x['window_over_step']:.0f}×"
+                if "window_ms" in x
+                else "– | – | –"
+            )
+            lines.append(
+                f"| {x['device']} | {x['threads']} | {x['keys']:,} | {x['step_ms']:.3f} | {x['step_keys_per_s']:,.0f} | {w} |"
+            )
+        lines.append("")
+    return "\n".join(lines)

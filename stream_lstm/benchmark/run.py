@@ -1,0 +1,360 @@
+"""The benchmark suite on the real local stack, measured in one run so the ratios hold.
+
+Saturated throughput: a topic pre-filled with a warm-up section (each key once, so the worker
+has every key's state cached) and a measured section; each round runs the passthrough ceiling,
+the worker and the per-event baseline on it (fresh consumer groups and state namespaces); the
+median of the rounds is reported with the ratios.
+
+Latency: the worker warmed up on every key, then events produced at a fixed offered rate; the
+latency of an event is its forecast message's timestamp minus its input message's timestamp.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition, libversion
+from rich.console import Console
+
+from stream_lstm import __version__
+from stream_lstm.benchmark import systems
+from stream_lstm.benchmark.micro import SIZES, micro_bench
+from stream_lstm.benchmark.workload import (
+    Workload,
+    create_topics,
+    delete_topics,
+    make_events,
+    make_model,
+    prefill,
+)
+from stream_lstm.config import default_cache_dir
+from stream_lstm.stack import Stack
+from stream_lstm.stack.kafka import kafka_version
+from stream_lstm.stack.procs import free_port
+
+
+@dataclass
+class BenchConfig:
+    keys: tuple[int, ...] = (10_000, 100_000)
+    events: int = 200_000  # measured events per saturated run
+    rounds: int = 3
+    baseline_events: int = 4_000
+    loads: tuple[int, ...] = (5_000, 20_000, 50_000)
+    load_keys: int = 100_000
+    load_seconds: float = 10.0
+    max_batch: int = 4096
+    max_wait_ms: int = 20
+    threads: int | None = None
+    worker_args: tuple[str, ...] = ()
+    micro: bool = True
+    micro_sizes: tuple[int, ...] = SIZES
+    parts: tuple[str, ...] = ("throughput", "latency", "micro")
+    out_dir: Path = Path("bench/results")
+    bootstrap: str | None = None
+    redis_url: str | None = None
+    tag: str = ""
+    workload: Workload = field(default_factory=Workload)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": psutil.cpu_count(logical=True),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "librdkafka": libversion()[0],
+        "kafka": kafka_version(),
+        "stream_lstm": __version__,
+    }
+
+
+def _worker_args(
+    c: BenchConfig,
+    model: Path,
+    bootstrap: str,
+    redis_url: str,
+    t_in: str,
+    t_out: str,
+    t_dlq: str,
+    group: str,
+) -> list[str]:
+    args = ["--model", str(model), "--bootstrap", bootstrap, "--redis", redis_url,
+            "--input-topic", t_in, "--output-topic", t_out, "--dlq-topic", t_dlq, "--group", group,
+            "--max-batch", str(c.max_batch), "--max-wait-ms", str(c.max_wait_ms), "--max-future-ms", "-1"]  # fmt: skip
+    if c.threads:
+        args += ["--threads", str(c.threads)]
+    return args + list(c.worker_args)
+
+
+def _watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-wm"})
+    try:
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        c.close()
+
+
+def throughput(
+    c: BenchConfig,
+    keys: int,
+    model: Path,
+    bootstrap: str,
+    redis_url: str,
+    logs: Path,
+    console: Console,
+) -> dict[str, Any]:
+    w = Workload(**{**asdict(c.workload), "keys": keys})
+    run_id = uuid.uuid4().hex[:6]
+    t_in, t_dlq = f"bench-in-{run_id}", f"bench-dlq-{run_id}"
+    outs = {s: f"bench-out-{s}-{run_id}" for s in ("pass", "worker", "base")}
+    create_topics(bootstrap, [t_in, *outs.values()], w.partitions)
+    create_topics(bootstrap, [t_dlq], 1)
+    try:
+        console.print(
+            f"[bold]throughput, {keys:,} keys[/bold]: pre-filling {keys:,} warm-up + {c.events:,} measured events"
+        )
+        prefill(bootstrap, t_in, make_events(w, keys, seed=1, every_key_once=True))
+        start = _watermarks(bootstrap, t_in, w.partitions)
+        prefill(bootstrap, t_in, make_events(w, c.events, seed=2, first=keys))
+        runs: dict[str, list[systems.Run]] = {
+            "passthrough": [],
+            "worker": [],
+            "per-event baseline": [],
+        }
+        for r in range(c.rounds):
+            p = systems.passthrough(bootstrap, t_in, outs["pass"], start, c.events, c.max_batch)
+            runs["passthrough"].append(p)
+            group = f"bench-{run_id}-{r}"
+            args = _worker_args(c, model, bootstrap, redis_url, t_in, outs["worker"], t_dlq, group)
+            wr, proc = systems.worker_run(args, logs / f"worker-{keys}-{r}.log", keys, c.events)
+            proc.stop()
+            runs["worker"].append(wr)
+            b = systems.per_event_baseline(
+                bootstrap, t_in, outs["base"], start, c.baseline_events, redis_url, model
+            )
+            runs["per-event baseline"].append(b)
+            console.print(
+                f"  round {r + 1}: passthrough {p.rate:,.0f}/s · worker {wr.rate:,.0f}/s "
+                f"(CPU {wr.extra['cpu_percent']:.0f} %, RSS {wr.extra['rss_bytes'] / 2**20:.0f} MiB) · "
+                f"per-event baseline {b.rate:,.0f}/s"
+            )
+        med = {k: statistics.median(x.rate for x in v) for k, v in runs.items()}
+        return {
+            "keys": keys,
+            "measured_events": c.events,
+            "runs": {k: [asdict(x) | {"rate": x.rate} for x in v] for k, v in runs.items()},
+            "median_events_per_s": med,
+            "worker_over_passthrough": med["worker"] / med["passthrough"],
+            "worker_over_baseline": med["worker"] / med["per-event baseline"],
+            "worker_rss_bytes_max": max(x.extra["rss_bytes"] for x in runs["worker"]),
+            "worker_cpu_percent_median": statistics.median(
+                x.extra["cpu_percent"] for x in runs["worker"]
+            ),
+        }
+    finally:
+        delete_topics(bootstrap, [t_in, t_dlq, *outs.values()])
+
+
+class _Paced(threading.Thread):
+    def __init__(
+        self, bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float
+    ) -> None:
+        super().__init__(daemon=True)
+        self.p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "compression.type": "lz4",
+                           "queue.buffering.max.messages": 2_000_000})  # fmt: skip
+        self.topic, self.events, self.rate = topic, events, rate
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        step = max(1, int(self.rate / 1000))  # pace in 1 ms slices
+        for i in range(0, len(self.events), step):
+            for k, v in self.events[i : i + step]:
+                while True:
+                    try:
+                        self.p.produce(self.topic, v, k)
+                        break
+                    except BufferError:
+                        self.p.poll(0.001)
+            self.p.poll(0)
+            ahead = (i + step) / self.rate - (time.perf_counter() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+        self.seconds = time.perf_counter() - t0
+        self.p.flush(60)
+
+
+def latency(
+    c: BenchConfig,
+    rate: int,
+    model: Path,
+    bootstrap: str,
+    redis_url: str,
+    logs: Path,
+    console: Console,
+) -> dict[str, Any]:
+    keys = c.load_keys
+    w = Workload(**{**asdict(c.workload), "keys": keys})
+    run_id = uuid.uuid4().hex[:6]
+    t_in, t_out, t_dlq = f"lat-in-{run_id}", f"lat-out-{run_id}", f"lat-dlq-{run_id}"
+    create_topics(bootstrap, [t_in, t_out], w.partitions)
+    create_topics(bootstrap, [t_dlq], 1)
+    n = int(rate * c.load_seconds)
+    try:
+        prefill(bootstrap, t_in, make_events(w, keys, seed=1, every_key_once=True))
+        events = make_events(w, n, seed=3, first=keys)
+        args = _worker_args(c, model, bootstrap, redis_url, t_in, t_out, t_dlq, f"lat-{run_id}")
+        proc = systems.WorkerProcess(args, logs / f"latency-{rate}.log")
+        proc.wait_for("stream_lstm_forecasts_out_total", keys)
+        time.sleep(1.0)  # the warm-up's commit cycle
+        rss_warm = proc.rss()
+        cpu0, t0 = proc.cpu_seconds(), time.perf_counter()
+        paced = _Paced(bootstrap, t_in, events, rate)
+        paced.start()
+        paced.join()
+        proc.wait_for("stream_lstm_forecasts_out_total", keys + n, timeout=300)
+        cpu = 100 * (proc.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+        rss = proc.rss()
+        stages = proc.stages()
+        proc.stop()
+        ins = systems.consume_all(bootstrap, t_in)
+        sent = {(m.partition(), m.offset()): m.timestamp()[1] for m in ins}
+        lat = []
+        import msgspec
+
+        for m in systems.consume_all(bootstrap, t_out):
+            f = msgspec.json.decode(m.value())
+            src = sent.get((f["partition"], f["offset"]))
+            if src is not None and f["offset"] >= 0 and f["ts"] >= make_events_first_ts(keys):
+                lat.append(m.timestamp()[1] - src)
+        arr = np.asarray(lat, dtype=np.float64)
+        res: dict[str, Any] = {
+            "offered_events_per_s": rate,
+            "achieved_events_per_s": n / paced.seconds,
+            "events": n,
+            "keys": keys,
+            "latency_ms": {
+                q: float(np.percentile(arr, p))
+                for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+            },
+            "worker_cpu_percent": cpu,
+            "worker_rss_bytes": rss,
+            "worker_rss_bytes_after_warmup": rss_warm,
+            "worker_stages": stages,
+        }
+        ms = res["latency_ms"]
+        console.print(
+            f"  offered {rate:,}/s (achieved {res['achieved_events_per_s']:,.0f}/s), {keys:,} keys: latency p50 {ms['p50']:.1f} ms, "
+            f"p95 {ms['p95']:.1f} ms, p99 {ms['p99']:.1f} ms · worker CPU {cpu:.0f} %, RSS {rss / 2**20:.0f} MiB"
+        )
+        return res
+    finally:
+        delete_topics(bootstrap, [t_in, t_out, t_dlq])
+
+
+def make_events_first_ts(keys: int) -> int:
+    from stream_lstm.benchmark.workload import T0
+
+    return T0 + keys  # events after the warm-up section
+
+
+def warm_broker(bootstrap: str, console: Console, events: int = 300_000) -> None:
+    """Run traffic through a fresh broker first: its JIT compiles the hot paths during the
+    first tens of seconds, and a cold broker adds hundreds of milliseconds of latency (measured)."""
+    w = Workload(keys=1000)
+    topic, out = f"bench-warm-{uuid.uuid4().hex[:6]}", f"bench-warm-out-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, [topic, out], w.partitions)
+    try:
+        t = time.perf_counter()
+        prefill(bootstrap, topic, make_events(w, events, seed=9))
+        systems.passthrough(
+            bootstrap, topic, out, dict.fromkeys(range(w.partitions), 0), events, 4096
+        )
+        console.print(
+            f"broker warm-up: {events:,} events through it in {time.perf_counter() - t:.1f} s"
+        )
+    finally:
+        delete_topics(bootstrap, [topic, out])
+
+
+def run_bench(c: BenchConfig, console: Console) -> dict[str, Any]:
+    c.out_dir.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="stream-lstm-bench-"))
+    stack = None
+    bootstrap, redis_url = c.bootstrap, c.redis_url
+    if not (bootstrap and redis_url):
+        stack = Stack(
+            logs / "stack",
+            default_cache_dir(),
+            kafka_port=free_port(),
+            controller_port=free_port(),
+            redis_port=free_port(),
+        )
+        console.print("starting a local stack for the benchmark …")
+        stack.redis.start()
+        stack.kafka.start()
+        bootstrap, redis_url = stack.bootstrap, stack.redis_url
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(c).items()
+            if k not in {"out_dir"}
+        },
+    }
+    try:
+        warm_broker(bootstrap, console)
+        model = make_model(c.workload, logs / "model")
+        if "throughput" in c.parts:
+            result["throughput"] = [
+                throughput(c, k, model, bootstrap, redis_url, logs, console) for k in c.keys
+            ]
+        if "latency" in c.parts:
+            console.print(f"[bold]latency at fixed offered loads, {c.load_keys:,} keys[/bold]")
+            result["latency"] = [
+                latency(c, r, model, bootstrap, redis_url, logs, console) for r in c.loads
+            ]
+        if "micro" in c.parts and c.micro:
+            console.print("[bold]inference microbenchmark[/bold] (one tick of S keys)")
+            w = c.workload
+            result["micro"] = micro_bench(
+                w.features + 4, w.hidden, w.layers, w.horizon, w.time_step, c.micro_sizes
+            )
+    finally:
+        if stack is not None:
+            stack.kafka.stop()
+            stack.redis.stop()
+    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}{('-' + c.tag) if c.tag else ''}.json"
+    for path in (c.out_dir / name, c.out_dir / "latest.json"):
+        path.write_text(json.dumps(result, indent=1, default=str))
+    result["written"] = str(c.out_dir / name)
+    result["logs"] = str(logs)
+    return result

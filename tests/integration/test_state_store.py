@@ -1,0 +1,50 @@
+"""The Redis write script on a real Redis does exactly what the in-memory store does."""
+
+from __future__ import annotations
+
+import numpy as np
+import redis
+
+from stream_lstm.state import Layout, StateCache
+from stream_lstm.state_redis import RedisStateStore
+from stream_lstm.testing import MemoryStore
+from tests.integration.conftest import Services, unique
+from tests.unit.test_state import feed
+
+LAY = Layout("abcdefabcdef", 2, 8, 6, 3)
+
+
+def test_delta_writes_match_the_reference_and_refuse_older_offsets(services: Services) -> None:
+    ns = unique("ns")
+    store = RedisStateStore(services.redis_url, ns, LAY, ttl_ms=60_000, chunk=3)
+    store.connect()
+    ref = MemoryStore(LAY)
+    c = StateCache(LAY, np.zeros((2, 8)), np.zeros((2, 8)), keep_windows=False, capacity=8)
+    keys = [f"k{i}" for i in range(7)]
+    slots = c.allocate(keys, [0] * 7)
+    rng = np.random.default_rng(1)
+    client = redis.Redis.from_url(services.redis_url)
+    for cycle in range(5):
+        some = rng.choice(slots, size=4, replace=False)
+        feed(c, some, int(rng.integers(1, 9)), t0=1000 * cycle)
+        c.h[some] = rng.normal(size=(4, 2, 8))
+        snap = c.snapshot(c.dirty_slots())
+        c.dirty[:] = False
+        res = store.save(snap)
+        assert res.written == len(snap.keys) and not res.refused
+        ref.save(snap)
+        if cycle == 2:
+            client.script_flush()  # as after a Redis restart: the store loads the script again
+    for k in keys:
+        stored = client.get(store.record_key(k))
+        assert stored == ref.record(k), k
+        assert 0 < client.pttl(store.record_key(k)) <= 60_000
+    # a zombie's older state is refused, the newer one stays
+    zombie = StateCache(LAY, np.zeros((2, 8)), np.zeros((2, 8)), keep_windows=False, capacity=2)
+    [z] = zombie.allocate(["k0"], [0])
+    zombie.last_offset[z] = 0
+    zombie.dirty[z] = True
+    res = store.save(zombie.snapshot(np.asarray([z])))
+    assert res.refused == ["k0"] and res.written == 0
+    assert client.get(store.record_key("k0")) == ref.record("k0")
+    client.close()
