@@ -259,7 +259,7 @@ class WorkerSettings(Settings):
     group: str = "stream-lstm"
     namespace: str | None = None  # Redis key prefix; default "slstm:<group>"
     max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
-    max_wait_ms: Annotated[int, Field(ge=0)] = 20
+    max_wait_ms: Annotated[int, Field(ge=0)] = 5
     commit_interval_ms: Annotated[int, Field(ge=0)] = 1000
     metrics_addr: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=-1, le=65535)] = 9464  # 0: any free port, -1: off

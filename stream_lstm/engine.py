@@ -405,7 +405,11 @@ class Engine:
             return False
         self.sink.flush()  # 1. every forecast and dead letter so far is acknowledged
         failpoint("after_flush")
-        job = _CommitJob(self.cache.snapshot(slots), offsets)
+        t1 = time.perf_counter()
+        job = _CommitJob(self.cache.snapshot(slots, everything=tps is None), offsets)
+        t2 = time.perf_counter()
+        self.metrics.stage_seconds.labels("flush").observe(t1 - t0)
+        self.metrics.stage_seconds.labels("snapshot").observe(t2 - t1)
         self.cache.dirty[slots] = False  # a key changed again later is dirty again
         if wait or self._writer is None:
             self._finish(job, self._save(job), commit)  # 2. and 3., here and now

@@ -60,7 +60,7 @@ LATENCY_BUCKETS = (
     30,
     60,
 )
-STAGES = ("decode", "state_load", "model", "publish", "commit")
+STAGES = ("decode", "state_load", "model", "publish", "commit", "flush", "snapshot")
 
 
 class BatchHistogram(Collector):
@@ -130,7 +130,9 @@ class WorkerMetrics:
         )
         self.stage_seconds = Histogram(
             "stream_lstm_tick_stage_seconds",
-            "Seconds per tick stage (decode, state_load, model, publish) and per commit cycle",
+            "Seconds per tick stage (decode, state_load, model, publish) and in the hot loop per "
+            "commit cycle (commit = flush + snapshot of the dirty states; the Redis write runs "
+            "in the background)",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,

@@ -24,7 +24,7 @@ and scattering a tick's keys is fancy indexing, never a per-key Python loop over
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,13 +153,69 @@ def apply_delta(record: bytes | None, fixed: bytes, rows: bytes, layout: Layout)
     return bytes(buf)
 
 
+LogChunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # slot, ring pos, values, ts
+
+
 @dataclass
 class Snapshot:
-    """Dirty keys' states at a commit cycle: a fixed part and new ring rows per key."""
+    """Dirty keys' states at a commit cycle, as deltas: per key the fixed part (header, h, c)
+    and the ring rows written since its last write.
 
+    The hot loop only copies arrays (:meth:`StateCache.snapshot`); the bytes are assembled by
+    :meth:`items` on the writer's thread.
+    """
+
+    layout: Layout
     keys: list[str]
-    fixed: list[bytes]
-    rows: list[bytes]
+    slots: np.ndarray  # [n] sorted
+    header: np.ndarray  # [n] HEADER
+    h: np.ndarray  # [n, L, Hd]
+    c: np.ndarray  # [n, L, Hd]
+    log: list[LogChunk]  # rows of these slots only
+    _fixed: np.ndarray | None = None
+    _rows: bytes = b""
+    _bounds: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _prepare(self) -> None:
+        n = len(self.keys)
+        self._fixed = np.concatenate(
+            [
+                self.header.view(np.uint8).reshape(n, HEADER.itemsize),
+                self.h.reshape(n, -1).view(np.uint8),  # float32 bytes, little-endian
+                self.c.reshape(n, -1).view(np.uint8),
+            ],
+            axis=1,
+        )  # [n, fixed_size]
+        self._bounds = np.zeros(n + 1, np.int64)
+        if not self.log:
+            return
+        s, p, v, t = (np.concatenate(x) for x in zip(*self.log, strict=True))
+        # the last write of each (slot, position) wins: keep the last occurrence
+        order = np.lexsort((np.arange(len(s)), p, s))
+        s, p, v, t = s[order], p[order], v[order], t[order]
+        last = np.r_[(s[1:] != s[:-1]) | (p[1:] != p[:-1]), True]
+        s, p, v, t = s[last], p[last], v[last], t[last]
+        packed = np.empty(len(s), dtype=self.layout.row_dtype)
+        packed["pos"], packed["v"], packed["ts"] = p, v, t
+        self._rows = packed.tobytes()
+        # s holds only these slots, sorted: slot i's rows end where slot i + 1's begin
+        self._bounds = (
+            np.r_[0, np.searchsorted(s, self.slots, side="right")] * packed.dtype.itemsize
+        )
+
+    def items(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, bytes, bytes]]:
+        """(key, fixed part, rows) for keys ``start:stop``."""
+        if self._fixed is None:
+            self._prepare()
+        assert self._fixed is not None
+        assert self._bounds is not None
+        stop = len(self.keys) if stop is None else min(stop, len(self.keys))
+        fixed, rows, b = self._fixed, self._rows, self._bounds
+        for i in range(start, stop):
+            yield self.keys[i], fixed[i].tobytes(), rows[b[i] : b[i + 1]]
 
 
 class StateCache:
@@ -196,10 +252,9 @@ class StateCache:
         self.free: list[int] = []
         self.win = self.win_ts = None
         # ring rows written since each key's last Redis write: chunks of (slot, pos, v, ts)
-        self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._log: list[LogChunk] = []
         # windows of keys loaded from another model version, until the model replays them
         self.rebuild_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._fixed_buf: np.ndarray | None = None  # reused by snapshots: no page faults
         self._alloc(capacity)
 
     def _alloc(self, cap: int) -> None:
@@ -245,8 +300,8 @@ class StateCache:
     def allocate(self, keys: Sequence[str], partitions: Sequence[int] | np.ndarray) -> np.ndarray:
         """New slots in the initial state (h_0, c_0, empty window, nothing applied)."""
         need = len(keys)
-        if need > len(self.free):
-            self._alloc(max(2 * self.capacity, self.capacity + need))
+        if need > len(self.free):  # grow by half: 100,000 keys fit in ~110,000 slots, not 131,072
+            self._alloc(max(self.capacity * 3 // 2, self.capacity + need - len(self.free)))
         slots = np.asarray([self.free.pop() for _ in range(need)], dtype=np.int64)
         for k, s in zip(keys, slots, strict=True):
             self.index[k] = int(s)
@@ -340,7 +395,7 @@ class StateCache:
         keep = ~np.isin(s, slots)
         self._log = [(s[keep], p[keep], v[keep], t[keep])] if keep.any() else []
 
-    def _merged_log(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _merged_log(self) -> LogChunk:
         if len(self._log) == 1:
             return self._log[0]
         s, p, v, t = (np.concatenate(x) for x in zip(*self._log, strict=True))
@@ -348,64 +403,39 @@ class StateCache:
         return s, p, v, t
 
     # -- records -----------------------------------------------------------------------------
-    def snapshot(self, slots: np.ndarray) -> Snapshot:
-        """The dirty states of ``slots`` as deltas, in one vectorised pass; clears their log."""
+    def snapshot(self, slots: np.ndarray, *, everything: bool = False) -> Snapshot:
+        """Copies of the dirty states of ``slots`` (``everything``: all dirty keys, so the whole
+        row log goes with them without filtering). Array copies only: cheap on the hot loop."""
         lay = self.layout
+        slots = np.sort(slots)
         n = len(slots)
-        if self._fixed_buf is None or self._fixed_buf.shape[0] < n:
-            self._fixed_buf = np.zeros(max(n, 1024), dtype=fixed_dtype(lay.layers, lay.hidden))
-        rec = self._fixed_buf[:n]
-        rec["magic"] = MAGIC
-        rec["version"] = lay.version.encode()[:12]
-        rec["last_offset"] = self.last_offset[slots]
-        rec["last_ts"] = self.last_ts[slots]
-        rec["count"] = self.count[slots]
-        rec["partition"] = self.partition[slots]
-        rec["fill"] = self.fill[slots]
-        rec["layers"], rec["hidden"] = lay.layers, lay.hidden
-        rec["window"], rec["features"] = lay.window, lay.features
-        rec["head"] = self.head[slots]
-        rec["h"] = self.h[slots]
-        rec["c"] = self.c[slots]
-        raw = rec.tobytes()
-        size = lay.fixed_size
-        fixed = [raw[i * size : (i + 1) * size] for i in range(n)]
-        rows = self._rows_of(slots)
-        keys = [self.slot_keys[s] or "" for s in slots]
-        return Snapshot(keys, fixed, rows)
+        hdr = np.zeros(n, dtype=HEADER)
+        hdr["magic"] = MAGIC
+        hdr["version"] = lay.version.encode()[:12]
+        hdr["last_offset"] = self.last_offset[slots]
+        hdr["last_ts"] = self.last_ts[slots]
+        hdr["count"] = self.count[slots]
+        hdr["partition"] = self.partition[slots]
+        hdr["fill"] = self.fill[slots]
+        hdr["layers"], hdr["hidden"] = lay.layers, lay.hidden
+        hdr["window"], hdr["features"] = lay.window, lay.features
+        hdr["head"] = self.head[slots]
+        if everything:
+            log, self._log = self._log, []
+        else:
+            log = self._take_log(slots)
+        keys = [self.slot_keys[s] or "" for s in slots.tolist()]
+        return Snapshot(lay, keys, slots, hdr, self.h[slots], self.c[slots], log)
 
-    def _rows_of(self, slots: np.ndarray) -> list[bytes]:
-        """Per slot, its logged ring rows (the last one per position), packed for the script."""
-        empty = [b""] * len(slots)
+    def _take_log(self, slots: np.ndarray) -> list[LogChunk]:
+        """Remove and return the logged rows of ``slots``."""
         if not self._log or not len(slots):
-            return empty
+            return []
         s, p, v, t = self._merged_log()
         mine = np.isin(s, slots)
-        if not mine.any():
-            return empty
-        s, p, v, t = s[mine], p[mine], v[mine], t[mine]
-        self._log = [(x[~mine], y[~mine], z[~mine], w[~mine]) for x, y, z, w in self._log]
-        if not self._log[0][0].size:
-            self._log = []
-        # the last write of each (slot, position) wins: keep the last occurrence
-        order = np.lexsort((np.arange(len(s)), p, s))
-        s, p, v, t = s[order], p[order], v[order], t[order]
-        last = np.r_[(s[1:] != s[:-1]) | (p[1:] != p[:-1]), True]
-        s, p, v, t = s[last], p[last], v[last], t[last]
-        packed = np.empty(len(s), dtype=self.layout.row_dtype)
-        packed["pos"], packed["v"], packed["ts"] = p, v, t
-        raw = packed.tobytes()
-        width = packed.dtype.itemsize
-        # rows are grouped by slot (sorted); map each requested slot to its byte range
-        uniq, first, counts = np.unique(s, return_index=True, return_counts=True)
-        where = dict(
-            zip(uniq.tolist(), zip(first.tolist(), counts.tolist(), strict=True), strict=True)
-        )
-        out = []
-        for slot in slots.tolist():
-            f, k = where.get(slot, (0, 0))
-            out.append(raw[f * width : (f + k) * width])
-        return out
+        rest = ~mine
+        self._log = [(s[rest], p[rest], v[rest], t[rest])] if rest.any() else []
+        return [(s[mine], p[mine], v[mine], t[mine])] if mine.any() else []
 
     def load(self, slots: np.ndarray, records: Sequence[bytes | None]) -> dict[str, int]:
         """Fill freshly allocated ``slots`` from stored records (None = never seen).

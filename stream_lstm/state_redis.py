@@ -60,6 +60,11 @@ return {{written, refused}}
 """
 
 
+# One round trip per commit cycle, unless a cycle is huge (a cold start with 100,000s of keys):
+# then every 16,384 keys, so the commands never hold hundreds of megabytes at once.
+MAX_KEYS_PER_ROUND_TRIP = 16_384
+
+
 @dataclass
 class SaveResult:
     written: int = 0
@@ -180,15 +185,17 @@ class RedisStateStore:
                     self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
                 pipe = self.client.pipeline(transaction=False)
                 bounds = list(range(0, len(keys), self.chunk))
+                replies = []
                 for s in bounds:
-                    part = [self.record_key(k) for k in keys[s : s + self.chunk]]
-                    args: list[bytes | int] = []
-                    for f, r in zip(
-                        snap.fixed[s : s + self.chunk], snap.rows[s : s + self.chunk], strict=True
-                    ):
-                        args += (f, r)
+                    part: list[str] = []
+                    args: list[bytes] = []
+                    for key, fixed_part, rows in snap.items(s, s + self.chunk):
+                        part.append(self.record_key(key))
+                        args += (fixed_part, rows)
                     pipe.evalsha(self._sha, len(part), *part, *common, *args)
-                replies = pipe.execute()
+                    if len(pipe) * self.chunk >= MAX_KEYS_PER_ROUND_TRIP:
+                        replies += pipe.execute()  # bound the memory of huge cycles
+                replies += pipe.execute()
                 break
             except redis.exceptions.NoScriptError:
                 self._sha = None  # Redis restarted and lost its script cache: load it again

@@ -84,7 +84,7 @@ class MemoryStore:
     def save(self, snap: Snapshot) -> SaveResult:
         self.saves += 1
         res = SaveResult()
-        for k, fixed, rows in zip(snap.keys, snap.fixed, snap.rows, strict=True):
+        for k, fixed, rows in snap.items():
             cur = self.data.get(self._k(k))
             new_off = int.from_bytes(fixed[OFFSET_POS : OFFSET_POS + 8], "little", signed=True)
             if cur is not None:

@@ -54,7 +54,7 @@ class BenchConfig:
     load_keys: int = 100_000
     load_seconds: float = 10.0
     max_batch: int = 4096
-    max_wait_ms: int = 20
+    max_wait_ms: int = 5
     threads: int | None = None
     worker_args: tuple[str, ...] = ()
     micro: bool = True

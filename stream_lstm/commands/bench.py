@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--load-seconds", type=float, default=10.0, help="seconds of load per latency run (10)"
     )
     p.add_argument("--max-batch", type=int, default=4096, help="worker --max-batch")
-    p.add_argument("--max-wait-ms", type=int, default=20, help="worker --max-wait-ms")
+    p.add_argument("--max-wait-ms", type=int, default=5, help="worker --max-wait-ms")
     p.add_argument("--threads", type=int, help="worker --threads")
     p.add_argument(
         "--worker-arg", action="append", default=[], help="extra worker flag (repeatable)"
