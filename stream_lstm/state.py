@@ -5,7 +5,7 @@ A record is fixed-size little-endian binary (a numpy structured dtype)::
     magic "SLS2" | model version (12 bytes) | last_offset i64 @16 | last_ts i64 | count i64
     | partition i32 | fill i32 | layers u16 | hidden u16 | window u16 | features u16 | head u16
     | h f32[layers, hidden] | c f32[layers, hidden]                 ← the "fixed part"
-    | win f32[window, features] | win_ts i64[window]                ← a ring: oldest row at `head`
+    | ring (v f32[features], ts i64)[window]                        ← oldest row at `head`
 
 ``last_offset`` sits at byte 16 so the conditional-write script compares it without decoding
 the rest. The window holds the raw feature values and times of the key's last ``window``
@@ -24,6 +24,7 @@ and scattering a tick's keys is fancy indexing, never a per-key Python loop over
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -60,8 +61,7 @@ def record_dtype(layers: int, hidden: int, window: int, features: int) -> np.dty
     return np.dtype(
         [
             *fixed_dtype(layers, hidden).descr,
-            ("win", "<f4", (window, features)),
-            ("win_ts", "<i8", (window,)),
+            ("ring", [("v", "<f4", (features,)), ("ts", "<i8")], (window,)),
         ]
     )
 
@@ -94,10 +94,9 @@ class Layout:
         return np.dtype([("pos", "<u2"), ("v", "<f4", (self.features,)), ("ts", "<i8")])
 
     @property
-    def script_args(self) -> tuple[int, int, int, int]:
-        """(record size, fixed size, bytes per window row, window values offset) for Lua."""
-        f = self.fixed_size
-        return self.record_size, f, 4 * self.features, f
+    def row_bytes(self) -> int:
+        """Bytes of one ring row in a record: the values, then the time."""
+        return 4 * self.features + 8
 
 
 @dataclass
@@ -135,21 +134,20 @@ def decode_any(rec: bytes) -> Decoded | None:
         fill=int(r["fill"]),
         h=np.array(r["h"]),
         c=np.array(r["c"]),
-        win=np.array(r["win"])[order],
-        win_ts=np.array(r["win_ts"])[order],
+        win=np.array(r["ring"]["v"])[order],
+        win_ts=np.array(r["ring"]["ts"])[order],
     )
 
 
 def apply_delta(record: bytes | None, fixed: bytes, rows: bytes, layout: Layout) -> bytes:
     """What the Redis script does, in Python (tests, the in-memory store)."""
-    size, fsize, row_bytes, win_off = layout.script_args
+    size, fsize, rb = layout.record_size, layout.fixed_size, layout.row_bytes
     buf = bytearray(record if record is not None and len(record) == size else bytes(size))
     buf[:fsize] = fixed
-    ts_off = win_off + layout.window * row_bytes
-    for r in np.frombuffer(rows, layout.row_dtype):
-        p = int(r["pos"])
-        buf[win_off + p * row_bytes : win_off + (p + 1) * row_bytes] = r["v"].tobytes()
-        buf[ts_off + 8 * p : ts_off + 8 * (p + 1)] = r["ts"].tobytes()
+    for i in range(len(rows) // (2 + rb)):
+        o = i * (2 + rb)
+        p = int.from_bytes(rows[o : o + 2], "little")
+        buf[fsize + p * rb : fsize + (p + 1) * rb] = rows[o + 2 : o + 2 + rb]
     return bytes(buf)
 
 
@@ -175,6 +173,7 @@ class Snapshot:
     _fixed: np.ndarray | None = None
     _rows: bytes = b""
     _bounds: np.ndarray | None = None
+    _blobs: tuple[list[bytes], list[bytes]] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -206,16 +205,26 @@ class Snapshot:
             np.r_[0, np.searchsorted(s, self.slots, side="right")] * packed.dtype.itemsize
         )
 
-    def items(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, bytes, bytes]]:
-        """(key, fixed part, rows) for keys ``start:stop``."""
+    def blobs(self) -> tuple[list[bytes], list[bytes]]:
+        """Per key: the fixed part and the packed new rows (built once, on first use)."""
         if self._fixed is None:
             self._prepare()
         assert self._fixed is not None
         assert self._bounds is not None
+        if self._blobs is None:
+            f = self._fixed.shape[1]
+            raw = self._fixed.tobytes()
+            fixed = [raw[i * f : (i + 1) * f] for i in range(len(self.keys))]
+            rows, b = self._rows, self._bounds.tolist()
+            self._blobs = (fixed, [rows[x:y] for x, y in itertools.pairwise(b)])
+        return self._blobs
+
+    def items(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, bytes, bytes]]:
+        """(key, fixed part, rows) for keys ``start:stop``."""
+        fixed, rows = self.blobs()
         stop = len(self.keys) if stop is None else min(stop, len(self.keys))
-        fixed, rows, b = self._fixed, self._rows, self._bounds
         for i in range(start, stop):
-            yield self.keys[i], fixed[i].tobytes(), rows[b[i] : b[i + 1]]
+            yield self.keys[i], fixed[i], rows[i]
 
 
 class StateCache:
@@ -255,6 +264,7 @@ class StateCache:
         self._log: list[LogChunk] = []
         # windows of keys loaded from another model version, until the model replays them
         self.rebuild_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._snap: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._alloc(capacity)
 
     def _alloc(self, cap: int) -> None:
@@ -405,11 +415,22 @@ class StateCache:
     # -- records -----------------------------------------------------------------------------
     def snapshot(self, slots: np.ndarray, *, everything: bool = False) -> Snapshot:
         """Copies of the dirty states of ``slots`` (``everything``: all dirty keys, so the whole
-        row log goes with them without filtering). Array copies only: cheap on the hot loop."""
+        row log goes with them without filtering). Array copies only: cheap on the hot loop.
+
+        The copies live in buffers reused by the next snapshot: a snapshot must be written before
+        the next one is taken (the engine keeps one write in flight at most).
+        """
         lay = self.layout
         slots = np.sort(slots)
         n = len(slots)
-        hdr = np.zeros(n, dtype=HEADER)
+        if self._snap is None or len(self._snap[0]) < n:
+            cap = max(n, 1024, len(self._snap[0]) * 3 // 2 if self._snap else 0)
+            self._snap = (
+                np.zeros(cap, dtype=HEADER),
+                np.zeros((cap, lay.layers, lay.hidden), np.float32),
+                np.zeros((cap, lay.layers, lay.hidden), np.float32),
+            )
+        hdr, h, c = (a[:n] for a in self._snap)
         hdr["magic"] = MAGIC
         hdr["version"] = lay.version.encode()[:12]
         hdr["last_offset"] = self.last_offset[slots]
@@ -420,12 +441,14 @@ class StateCache:
         hdr["layers"], hdr["hidden"] = lay.layers, lay.hidden
         hdr["window"], hdr["features"] = lay.window, lay.features
         hdr["head"] = self.head[slots]
+        np.take(self.h, slots, axis=0, out=h)  # into reused buffers: no fresh pages to fault in
+        np.take(self.c, slots, axis=0, out=c)
         if everything:
             log, self._log = self._log, []
         else:
             log = self._take_log(slots)
         keys = [self.slot_keys[s] or "" for s in slots.tolist()]
-        return Snapshot(lay, keys, slots, hdr, self.h[slots], self.c[slots], log)
+        return Snapshot(lay, keys, slots, hdr, h, c, log)
 
     def _take_log(self, slots: np.ndarray) -> list[LogChunk]:
         """Remove and return the logged rows of ``slots``."""
@@ -457,7 +480,7 @@ class StateCache:
             s = slots[same]
             self.h[s], self.c[s] = arr["h"], arr["c"]
             if self.win is not None and self.win_ts is not None:
-                self.win[s], self.win_ts[s] = arr["win"], arr["win_ts"]
+                self.win[s], self.win_ts[s] = arr["ring"]["v"], arr["ring"]["ts"]
             self.head[s] = arr["head"]
             self.fill[s] = arr["fill"]
             self.last_offset[s], self.last_ts[s] = arr["last_offset"], arr["last_ts"]

@@ -23,25 +23,24 @@ from stream_lstm.config import redact_url
 from stream_lstm.errors import StateError
 from stream_lstm.state import OFFSET_POS, Layout, Snapshot
 
-# KEYS: record keys. ARGV: TTL ms (0 = none), record size, fixed-part size, bytes of a window
-# row's values, window length; then for KEYS[i]: ARGV[5 + 2i] the fixed part (header, h, c) and
-# ARGV[6 + 2i] the new ring rows, each (u16 position, values, i64 time). A missing record is
-# created zero-filled first. The write is refused when the stored last_offset is newer.
+# KEYS: record keys. ARGV: TTL ms (0 = none), record size, fixed-part size, bytes of a ring row;
+# then for KEYS[i]: ARGV[3 + 2i] the fixed part (header, h, c) and ARGV[4 + 2i] the new ring rows,
+# each (u16 position, row). A missing record is created zero-filled first. The write is refused
+# when the stored last_offset is newer.
 WRITE_IF_NOT_OLDER = f"""
-local ttl, size, fixed, rb, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4]), tonumber(ARGV[5])
-local ts_off = fixed + window * rb
+local ttl, size, fixed, rb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
 local written = 0
 local refused = {{}}
 for i, k in ipairs(KEYS) do
-  local head = ARGV[4 + 2 * i]
-  local rows = ARGV[5 + 2 * i]
+  local head = ARGV[3 + 2 * i]
+  local rows = ARGV[4 + 2 * i]
   local new_off = struct.unpack('<i8', head, {OFFSET_POS + 1})
   local cur = redis.call('GETRANGE', k, {OFFSET_POS}, {OFFSET_POS + 7})
   if #cur == 8 and struct.unpack('<i8', cur) > new_off then
     refused[#refused + 1] = i
   else
-    if redis.call('STRLEN', k) ~= size then
+    if #cur == 0 then
       redis.call('SET', k, string.rep('\\0', size))
     end
     redis.call('SETRANGE', k, 0, head)
@@ -49,8 +48,7 @@ for i, k in ipairs(KEYS) do
     while o < #rows do
       local pos = struct.unpack('<I2', rows, o)
       redis.call('SETRANGE', k, fixed + pos * rb, string.sub(rows, o + 2, o + 1 + rb))
-      redis.call('SETRANGE', k, ts_off + pos * 8, string.sub(rows, o + 2 + rb, o + 9 + rb))
-      o = o + 10 + rb
+      o = o + 2 + rb
     end
     if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
     written = written + 1
@@ -177,22 +175,25 @@ class RedisStateStore:
         if not keys:
             return result
         t0 = time.perf_counter()
-        size, fixed, row_bytes, _ = self.layout.script_args
-        common = (self.ttl_ms, size, fixed, row_bytes, self.layout.window)
+        lay = self.layout
+        common = (self.ttl_ms, lay.record_size, lay.fixed_size, lay.row_bytes)
         for attempt in (1, 2):
             try:
                 if self._sha is None:
                     self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
                 pipe = self.client.pipeline(transaction=False)
                 bounds = list(range(0, len(keys), self.chunk))
+                names = [self.record_key(k) for k in keys]
+                fixed_parts, new_rows = snap.blobs()
                 replies = []
                 for s in bounds:
-                    part: list[str] = []
-                    args: list[bytes] = []
-                    for key, fixed_part, rows in snap.items(s, s + self.chunk):
-                        part.append(self.record_key(key))
-                        args += (fixed_part, rows)
-                    pipe.evalsha(self._sha, len(part), *part, *common, *args)
+                    e = s + self.chunk
+                    args = [
+                        x
+                        for pair in zip(fixed_parts[s:e], new_rows[s:e], strict=True)
+                        for x in pair
+                    ]
+                    pipe.evalsha(self._sha, len(names[s:e]), *names[s:e], *common, *args)
                     if len(pipe) * self.chunk >= MAX_KEYS_PER_ROUND_TRIP:
                         replies += pipe.execute()  # bound the memory of huge cycles
                 replies += pipe.execute()
