@@ -274,6 +274,10 @@ class WorkerSettings(Settings):
     redis_connect_timeout_s: Annotated[float, Field(ge=0)] = 0.0
     redis_outage_limit_s: Annotated[float, Field(ge=0)] = 240.0
     flush_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    # "confluent": the confluent-kafka driver (worker.py); "faust": the same engine as a Faust
+    # agent (faust_app.py), with Faust's web server off unless faust_web_port >= 0
+    runtime: Literal["confluent", "faust"] = "confluent"
+    faust_web_port: Annotated[int, Field(ge=-1, le=65535)] = -1
     # librdkafka pass-through: `kafka_options` reach every client (security settings), the
     # other two only the consumer (e.g. session.timeout.ms) or the producer (e.g. linger.ms)
     kafka_options: KafkaOptions = Field(default_factory=dict)

@@ -13,30 +13,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import torch
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from stream_lstm.assembly import RedisRetry, build_engine, counts, serve_metrics
 from stream_lstm.config import WorkerSettings, redact_url
-from stream_lstm.engine import Engine, EngineConfig, Offsets, layout_for
-from stream_lstm.errors import ConfigError, KafkaClientError, StateError
-from stream_lstm.events import DecoderConfig
+from stream_lstm.engine import Offsets
+from stream_lstm.errors import KafkaClientError
 from stream_lstm.kafka import (
-    KafkaSink,
     check_topics,
     commit_offsets,
     make_consumer,
     to_batch,
 )
 from stream_lstm.metrics import HealthServer, WorkerMetrics
-from stream_lstm.model.artifact import load_artifact
-from stream_lstm.model.runtime import Forecaster
-from stream_lstm.state_redis import RedisStateStore
-from stream_lstm.train import pick_device
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 FENCED = {
     KafkaError.UNKNOWN_MEMBER_ID,
     KafkaError.ILLEGAL_GENERATION,
@@ -53,43 +46,15 @@ class Worker:
         self._last_beat = time.monotonic()
         self._ready = False
         self.health: HealthServer | None = None
-        # one intra-op thread by default: a tick's model call is small, and OpenMP threads that
-        # spin-wait on a 2-core machine shared with the broker stall the loop (measured)
-        torch.set_num_threads(s.threads or 1)
-        self.device = pick_device(s.device)
-        self.forecaster = Forecaster(load_artifact(s.model), self.device)
-        cfg = self.forecaster.config
-        if s.features is not None and list(s.features) != list(cfg.features):
-            raise ConfigError(
-                f"--features {','.join(s.features)} does not match the model's features "
-                f"{','.join(cfg.features)} (model {self.forecaster.version} in {s.model}); "
-                "deploy a model trained on these features, or fix the setting"
-            )
-        self.store = RedisStateStore(
-            s.redis.get_secret_value(),
-            s.state_namespace,
-            layout_for(self.forecaster),
-            ttl_ms=s.state_ttl_s * 1000,
-            on_rtt=lambda op, sec: self.metrics.redis_rtt.labels(op=op).observe(sec),
+        parts = build_engine(
+            s, self.metrics, RedisRetry(s, self.metrics, self.stop_requested.is_set, self._beat)
         )
-        self.sink = KafkaSink(s.bootstrap, s.producer_config(), s.flush_timeout_s)
+        self.forecaster, self.device = parts.forecaster, parts.device
+        self.store, self.sink, self.engine = parts.store, parts.sink, parts.engine
         self.consumer = make_consumer(s.bootstrap, s.group, s.consumer_config())
-        self.engine = Engine(
-            self.forecaster,
-            self.store,
-            self.sink,
-            self.metrics,
-            EngineConfig(s.output_topic, s.dlq_topic, s.late_policy),
-            DecoderConfig(
-                features=tuple(cfg.features),
-                allowed_extra=tuple(cfg.targets),
-                allow_unknown=s.allow_unknown_features,
-                max_message_bytes=s.max_message_bytes,
-                max_key_bytes=s.max_key_bytes,
-                max_future_ms=s.max_future_ms,
-            ),
-            retry=self._retry_redis,
-        )
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
 
     # -- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -98,20 +63,7 @@ class Worker:
         self.engine.start_writer()
         topics = [s.input_topic, s.output_topic, s.dlq_topic]
         parts = check_topics(s.bootstrap, s.kafka_options, topics)
-        if s.metrics_port >= 0:
-            try:
-                self.health = HealthServer(
-                    self.metrics.registry,
-                    s.metrics_addr,
-                    s.metrics_port,
-                    self._healthy,
-                    self._readyz,
-                )
-            except OSError as e:
-                raise ConfigError(
-                    f"cannot serve metrics on {s.metrics_addr}:{s.metrics_port}: {e}"
-                ) from None
-            self.health.start()
+        self.health = serve_metrics(s, self.metrics, self._healthy, self._readyz)
         self.consumer.subscribe(
             [s.input_topic],
             on_assign=self._on_assign,
@@ -251,24 +203,6 @@ class Worker:
         self.metrics.assigned.dec(len(parts))
         log.warning("lost %s (%d cached keys dropped, no commit)", sorted(p for _, p in tps), n)
 
-    # -- Redis outages ---------------------------------------------------------------------------
-    def _retry_redis(self, fn: Callable[[], T]) -> T:
-        """Retry a Redis operation with backoff; offsets are not committed meanwhile."""
-        delay, start = 0.1, time.monotonic()
-        while True:
-            try:
-                return fn()
-            except StateError as e:
-                waited = time.monotonic() - start
-                limit = self.s.redis_outage_limit_s
-                if (limit and waited > limit) or (self.stop_requested.is_set() and waited > 10):
-                    raise StateError(f"Redis still failing after {waited:.0f} s: {e}") from None
-                self.metrics.redis_retries.inc()
-                log.warning("Redis: %s; retrying in %.1f s", e, delay)
-                self._last_beat = time.monotonic()
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     def _update_lag(self) -> None:
         try:
             assigned = self.consumer.assignment()
@@ -284,18 +218,7 @@ class Worker:
             log.debug("lag: %s", e)
 
     def _counts(self) -> str:
-        get = self.metrics.registry.get_sample_value
-        dead = sum(
-            s.value
-            for metric in self.metrics.dead_letters.collect()
-            for s in metric.samples
-            if s.name.endswith("_total")
-        )
-        return (
-            f"{get('stream_lstm_events_in_total') or 0:.0f} events in, "
-            f"{get('stream_lstm_forecasts_out_total') or 0:.0f} forecasts out, "
-            f"{dead:.0f} dead letters, {len(self.engine.cache)} cached keys"
-        )
+        return counts(self.metrics, len(self.engine.cache))
 
     def _log_progress(self) -> None:
         log.info("%s", self._counts())

@@ -30,7 +30,18 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis", help="Redis URL, e.g. redis://[user:password@]host:6379/0 or rediss://…"
     )
-    p.add_argument("--group", help="consumer group (default stream-lstm)")
+    p.add_argument("--group", help="consumer group (default stream-lstm; the Faust app id)")
+    p.add_argument(
+        "--runtime",
+        choices=["confluent", "faust"],
+        help="confluent: the confluent-kafka driver (default); faust: the same engine as a "
+        "faust-streaming agent",
+    )
+    p.add_argument(
+        "--faust-web-port",
+        type=int,
+        help="with --runtime faust: serve Faust's web views on this port (default -1: off)",
+    )
     p.add_argument("--namespace", help="Redis key prefix for state (default slstm:<group>)")
     t = p.add_argument_group("ticks and commits")
     t.add_argument(
@@ -107,6 +118,8 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         dlq_topic=args.dlq_topic,
         redis=args.redis,
         group=args.group,
+        runtime=args.runtime,
+        faust_web_port=args.faust_web_port,
         namespace=args.namespace,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
@@ -152,11 +165,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_lstm.worker import Worker
-
     s = worker_settings(args)
     if s.kafka_options or s.consumer_options or s.producer_options:
         log.info("Kafka pass-through options: %s", s.kafka_shown())
+    if s.runtime == "faust":
+        from stream_lstm.faust_app import run_faust
+
+        gc.freeze()
+        keep_freed_memory()
+        return run_faust(s, logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower())
+
+    from stream_lstm.worker import Worker
+
     w = Worker(s)
     w.install_signal_handlers()
     w.start()
