@@ -30,17 +30,32 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {t['worker_rss_bytes_max'] / 2**20:.0f} MiB |"
             )
         lines.append("")
+        if any("faust worker" in t["median_events_per_s"] for t in r["throughput"]):
+            lines += [
+                "The Faust runtime (`--runtime faust`, same engine, measured in the same rounds):",
+                "",
+                "| keys | faust worker | faust / passthrough | faust / worker | faust RSS |",
+                "|---:|---:|---:|---:|---:|",
+            ]
+            for t in r["throughput"]:
+                if "faust worker" in t["median_events_per_s"]:
+                    lines.append(
+                        f"| {t['keys']:,} | {t['median_events_per_s']['faust worker']:,.0f} "
+                        f"| {t['faust_over_passthrough']:.2f} | {t['faust_over_worker']:.2f} "
+                        f"| {t['faust_rss_bytes_max'] / 2**20:.0f} MiB |"
+                    )
+            lines.append("")
     if r.get("latency"):
         lines += [
             "End-to-end latency (input message timestamp → forecast message timestamp) at fixed offered loads:",
             "",
-            "| keys | offered | achieved | p50 | p95 | p99 | max | worker CPU | worker RSS |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| runtime | keys | offered | achieved | p50 | p95 | p99 | max | worker CPU | worker RSS |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for x in r["latency"]:
             ms = x["latency_ms"]
             lines.append(
-                f"| {x['keys']:,} | {x['offered_events_per_s']:,} | {x['achieved_events_per_s']:,.0f} | {ms['p50']:.1f} ms "
+                f"| {x.get('runtime', 'confluent')} | {x['keys']:,} | {x['offered_events_per_s']:,} | {x['achieved_events_per_s']:,.0f} | {ms['p50']:.1f} ms "
                 f"| {ms['p95']:.1f} ms | {ms['p99']:.1f} ms | {ms['max']:.0f} ms | {x['worker_cpu_percent']:.0f} % "
                 f"| {x['worker_rss_bytes'] / 2**20:.0f} MiB |"
             )

@@ -51,6 +51,8 @@ class BenchConfig:
     rounds: int = 3
     baseline_events: int = 4_000
     loads: tuple[int, ...] = (5_000, 20_000, 50_000)
+    runtimes: tuple[str, ...] = ("confluent", "faust")  # worker runtimes measured
+    faust_loads: tuple[int, ...] = (5_000, 20_000)  # offered loads for the Faust runtime
     load_keys: int = 100_000
     load_seconds: float = 10.0
     max_batch: int = 4096
@@ -133,7 +135,7 @@ def throughput(
     w = Workload(**{**asdict(c.workload), "keys": keys})
     run_id = uuid.uuid4().hex[:6]
     t_in, t_dlq = f"bench-in-{run_id}", f"bench-dlq-{run_id}"
-    outs = {s: f"bench-out-{s}-{run_id}" for s in ("pass", "worker", "base")}
+    outs = {s: f"bench-out-{s}-{run_id}" for s in ("pass", "worker", "base", "faust")}
     create_topics(bootstrap, [t_in, *outs.values()], w.partitions)
     create_topics(bootstrap, [t_dlq], 1)
     try:
@@ -148,6 +150,8 @@ def throughput(
             "worker": [],
             "per-event baseline": [],
         }
+        if "faust" in c.runtimes:
+            runs["faust worker"] = []
         for r in range(c.rounds):
             p = systems.passthrough(bootstrap, t_in, outs["pass"], start, c.events, c.max_batch)
             runs["passthrough"].append(p)
@@ -156,6 +160,17 @@ def throughput(
             wr, proc = systems.worker_run(args, logs / f"worker-{keys}-{r}.log", keys, c.events)
             proc.stop()
             runs["worker"].append(wr)
+            faust = ""
+            if "faust" in c.runtimes:
+                args = _worker_args(
+                    c, model, bootstrap, redis_url, t_in, outs["faust"], t_dlq, f"{group}-f"
+                )
+                fr, proc = systems.worker_run(
+                    [*args, "--runtime", "faust"], logs / f"faust-{keys}-{r}.log", keys, c.events
+                )
+                proc.stop()
+                runs["faust worker"].append(fr)
+                faust = f" · faust worker {fr.rate:,.0f}/s (RSS {fr.extra['rss_bytes'] / 2**20:.0f} MiB)"
             b = systems.per_event_baseline(
                 bootstrap, t_in, outs["base"], start, c.baseline_events, redis_url, model
             )
@@ -163,10 +178,17 @@ def throughput(
             console.print(
                 f"  round {r + 1}: passthrough {p.rate:,.0f}/s · worker {wr.rate:,.0f}/s "
                 f"(CPU {wr.extra['cpu_percent']:.0f} %, RSS {wr.extra['rss_bytes'] / 2**20:.0f} MiB) · "
-                f"per-event baseline {b.rate:,.0f}/s"
+                f"per-event baseline {b.rate:,.0f}/s{faust}"
             )
         med = {k: statistics.median(x.rate for x in v) for k, v in runs.items()}
-        return {
+        faust_ratios = {}
+        if "faust worker" in runs:
+            faust_ratios = {
+                "faust_over_passthrough": med["faust worker"] / med["passthrough"],
+                "faust_over_worker": med["faust worker"] / med["worker"],
+                "faust_rss_bytes_max": max(x.extra["rss_bytes"] for x in runs["faust worker"]),
+            }
+        return faust_ratios | {
             "keys": keys,
             "measured_events": c.events,
             "runs": {k: [asdict(x) | {"rate": x.rate} for x in v] for k, v in runs.items()},
@@ -219,6 +241,7 @@ def latency(
     redis_url: str,
     logs: Path,
     console: Console,
+    runtime: str = "confluent",
 ) -> dict[str, Any]:
     keys = c.load_keys
     w = Workload(**{**asdict(c.workload), "keys": keys})
@@ -231,7 +254,8 @@ def latency(
         prefill(bootstrap, t_in, make_events(w, keys, seed=1, every_key_once=True))
         events = make_events(w, n, seed=3, first=keys)
         args = _worker_args(c, model, bootstrap, redis_url, t_in, t_out, t_dlq, f"lat-{run_id}")
-        proc = systems.WorkerProcess(args, logs / f"latency-{rate}.log")
+        args += ["--runtime", runtime]
+        proc = systems.WorkerProcess(args, logs / f"latency-{runtime}-{rate}.log")
         proc.wait_for("stream_lstm_forecasts_out_total", keys)
         time.sleep(1.0)  # the warm-up's commit cycle
         rss_warm = proc.rss()
@@ -256,6 +280,7 @@ def latency(
                 lat.append(m.timestamp()[1] - src)
         arr = np.asarray(lat, dtype=np.float64)
         res: dict[str, Any] = {
+            "runtime": runtime,
             "offered_events_per_s": rate,
             "achieved_events_per_s": n / paced.seconds,
             "events": n,
@@ -271,7 +296,7 @@ def latency(
         }
         ms = res["latency_ms"]
         console.print(
-            f"  offered {rate:,}/s (achieved {res['achieved_events_per_s']:,.0f}/s), {keys:,} keys: latency p50 {ms['p50']:.1f} ms, "
+            f"  {runtime}: offered {rate:,}/s (achieved {res['achieved_events_per_s']:,.0f}/s), {keys:,} keys: latency p50 {ms['p50']:.1f} ms, "
             f"p95 {ms['p95']:.1f} ms, p99 {ms['p99']:.1f} ms · worker CPU {cpu:.0f} %, RSS {rss / 2**20:.0f} MiB"
         )
         return res
@@ -340,7 +365,9 @@ def run_bench(c: BenchConfig, console: Console) -> dict[str, Any]:
         if "latency" in c.parts:
             console.print(f"[bold]latency at fixed offered loads, {c.load_keys:,} keys[/bold]")
             result["latency"] = [
-                latency(c, r, model, bootstrap, redis_url, logs, console) for r in c.loads
+                latency(c, r, model, bootstrap, redis_url, logs, console, rt)
+                for rt in c.runtimes
+                for r in (c.faust_loads if rt == "faust" else c.loads)
             ]
         if "micro" in c.parts and c.micro:
             console.print("[bold]inference microbenchmark[/bold] (one tick of S keys)")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from stream_lstm.errors import ConfigError
+
 
 def _ints(s: str) -> tuple[int, ...]:
     return tuple(int(x) for x in s.split(",") if x.strip())
@@ -56,6 +58,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--load-seconds", type=float, default=10.0, help="seconds of load per latency run (10)"
     )
+    p.add_argument(
+        "--runtimes",
+        default="confluent,faust",
+        help="worker runtimes to measure next to the ceiling and the baseline (confluent,faust)",
+    )
+    p.add_argument(
+        "--faust-loads",
+        type=_ints,
+        default=(5000, 20000),
+        help="offered loads for the Faust runtime's latency runs (5000,20000)",
+    )
     p.add_argument("--max-batch", type=int, default=4096, help="worker --max-batch")
     p.add_argument("--max-wait-ms", type=int, default=5, help="worker --max-wait-ms")
     p.add_argument("--threads", type=int, help="worker --threads")
@@ -72,6 +85,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _runtimes(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in names if x not in ("confluent", "faust")]
+    if bad or not names:
+        raise ConfigError(f"--runtimes: unknown {', '.join(bad) or '(none)'}; use confluent,faust")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from stream_lstm.benchmark.micro import SIZES
     from stream_lstm.benchmark.report import markdown
@@ -83,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         baseline_events=args.baseline_events,
         loads=args.loads,
+        runtimes=_runtimes(args.runtimes),
+        faust_loads=args.faust_loads,
         load_keys=args.load_keys,
         load_seconds=args.load_seconds,
         max_batch=args.max_batch,

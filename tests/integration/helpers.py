@@ -92,9 +92,16 @@ def running_worker(s: WorkerSettings) -> Iterator[RunningWorker]:
 
 
 def produce(
-    bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]]
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, bytes | None]],
+    **conf: str,
 ) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    """Produce and wait for delivery; ``conf``: more producer settings (dots as underscores)."""
+    extra = {k.replace("_", "."): v for k, v in conf.items()}
+    p = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, **extra}
+    )
     for i, (k, v) in enumerate(messages):
         p.produce(topic, v, k)
         if i % 1000 == 0:
