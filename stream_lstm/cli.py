@@ -19,7 +19,18 @@ from importlib import import_module
 from stream_lstm import __version__
 from stream_lstm.errors import StreamLSTMError
 
-COMMANDS = ["train", "evaluate", "predict", "worker", "replay", "tail", "bench", "stack", "demo"]
+COMMANDS = [
+    "train",
+    "evaluate",
+    "predict",
+    "models",
+    "worker",
+    "replay",
+    "tail",
+    "bench",
+    "stack",
+    "demo",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

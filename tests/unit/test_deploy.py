@@ -1,16 +1,21 @@
-"""Deployment files parse with the real tools that can run here (no Docker engine needed)."""
+"""Deployment files parse with the real tools that can run here (no Docker engine needed):
+docker-compose, promtool (config, rules, rule unit tests), the dashboard's queries."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*cmd: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which(cmd[0])
+    exe = shutil.which(cmd[0], path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     assert exe, (
         f"{cmd[0]} is missing: `make test` installs it (deploy/local/ensure-debian-packages.sh)"
     )
@@ -23,7 +28,7 @@ def test_compose_file_is_valid_and_has_the_whole_stack() -> None:
     services = set(
         run("docker-compose", "-f", "docker-compose.yml", "config", "--services").stdout.split()
     )
-    assert {"kafka", "redis", "worker", "prometheus", "grafana"} <= services
+    assert {"kafka", "redis", "worker-1", "worker-2", "replay", "prometheus", "grafana"} <= services
 
 
 def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
@@ -38,3 +43,84 @@ def test_compose_rejects_a_broken_file(tmp_path: Path) -> None:
 def test_prometheus_config_is_valid() -> None:
     res = run("promtool", "check", "config", "deploy/prometheus/prometheus.yml")
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+RULES = "deploy/prometheus/rules/stream-lstm.yml"
+
+
+def test_alert_rules_are_valid() -> None:
+    res = run("promtool", "check", "rules", RULES)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "7 rules found" in res.stdout
+
+
+def test_alert_rules_fire_on_their_series_and_stay_silent_otherwise() -> None:
+    res = run("promtool", "test", "rules", "deploy/prometheus/tests/stream-lstm.test.yml")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_rule_unit_tests_can_fail(tmp_path: Path) -> None:
+    # the same tests against rules whose dead-letter threshold was raised to 10 %: must fail
+    rules = (ROOT / RULES).read_text().replace("> 0.01", "> 0.10")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "stream-lstm.yml").write_text(rules)
+    (tmp_path / "tests").mkdir()
+    test = (ROOT / "deploy/prometheus/tests/stream-lstm.test.yml").read_text()
+    (tmp_path / "tests" / "t.yml").write_text(test)
+    res = run("promtool", "test", "rules", str(tmp_path / "tests" / "t.yml"))
+    assert res.returncode != 0
+    assert "StreamLstmDeadLetterRate" in res.stdout + res.stderr
+
+
+def _dashboard_queries() -> list[str]:
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/stream-lstm.json").read_text())
+    return [t["expr"] for p in dash["panels"] for t in p["targets"]]
+
+
+def test_dashboard_queries_parse_and_use_only_metrics_the_worker_exports(tmp_path: Path) -> None:
+    from stream_lstm.metrics import WorkerMetrics
+
+    queries = _dashboard_queries()
+    assert len(queries) >= 10
+    # promtool parses each query as a recording rule's expression
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:q{i}", "expr": q} for i, q in enumerate(queries)
+    ]}]}  # fmt: skip
+    f = tmp_path / "dashboard-queries.yml"
+    f.write_text(json.dumps(rules))
+    res = run("promtool", "check", "rules", str(f))
+    assert res.returncode == 0, res.stdout + res.stderr
+    # every name a collector exports (with _total, _bucket, _info … suffixes), labelled or not
+    registry = WorkerMetrics().registry
+    exported = set(registry._names_to_collectors) | {
+        fam.name + suffix
+        for fam in registry.collect()
+        for suffix in ("", "_bucket", "_sum", "_count")
+    }
+    used = {m for q in queries for m in re.findall(r"stream_lstm_[a-z_]+", q)}
+    assert used <= exported, f"dashboard uses metrics the worker does not export: {used - exported}"
+
+
+def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
+    files = sorted(str(p) for p in (ROOT / "deploy/k8s").glob("*.yaml"))
+    assert len(files) >= 4
+    res = run("kubernetes-validate", "--strict", *files)
+    assert res.returncode == 0, res.stdout + res.stderr
+    kinds = set(re.findall(r"passed for resource (\w+)/", res.stdout + res.stderr))
+    assert {"deployment", "service", "configmap", "horizontalpodautoscaler"} <= kinds
+
+
+def test_kubernetes_validation_can_fail(tmp_path: Path) -> None:
+    text = (ROOT / "deploy/k8s/deployment.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("containerPort: 9464", "containerPort: nine"))
+    res = run("kubernetes-validate", "--strict", str(bad))
+    assert res.returncode != 0
+
+
+def test_images_and_pods_run_as_the_same_non_root_user() -> None:
+    docker = (ROOT / "deploy/Dockerfile").read_text()
+    user = re.findall(r"^USER (\d+):(\d+)$", docker, re.M)
+    assert user and user[-1] != ("0", "0"), "the image's last USER must be a numeric non-root one"
+    k8s = (ROOT / "deploy/k8s/deployment.yaml").read_text()
+    assert f"runAsUser: {user[-1][0]}" in k8s and "runAsNonRoot: true" in k8s

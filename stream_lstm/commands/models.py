@@ -1,0 +1,116 @@
+"""``stream-lstm models``: list model artifacts with version, data, and test metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from stream_lstm.errors import ConfigError
+
+HELP = "list model artifacts: version, kind, data, shape, test metrics against the baselines"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help=HELP,
+        description=(
+            "List the model artifacts in the given directories (an artifact directory itself, "
+            "or a directory holding artifacts): version, kind, features → targets, time step, "
+            "horizon, the data it was trained on, and its test RMSE next to the seasonal-naive "
+            "baseline. Reads config.json and metrics.json only: nothing is loaded or unpickled."
+        ),
+        epilog="example: stream-lstm models artifacts/  ·  stream-lstm models --json models/a",
+    )
+    p.add_argument("paths", nargs="*", type=Path, default=[Path("artifacts")], metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.set_defaults(run=run)
+
+
+def _is_artifact(d: Path) -> bool:
+    return (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+
+
+def find_artifacts(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            raise ConfigError(f"{p} is not a directory (give an artifact or a folder of them)")
+        found += [p] if _is_artifact(p) else sorted(d for d in p.iterdir() if _is_artifact(d))
+    return found
+
+
+def describe(d: Path) -> dict[str, Any]:
+    """One artifact's summary from its JSON files (a broken file is reported, not raised)."""
+    row: dict[str, Any] = {"path": str(d)}
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+        version = (d / "VERSION").read_text().strip() if (d / "VERSION").is_file() else None
+        metrics = (
+            json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
+        )
+    except (OSError, ValueError) as e:
+        return row | {"error": f"unreadable: {e}"}
+    data = cfg.get("data") or {}
+    scores = (metrics.get("evaluation") or {}).get("scores") or {}
+
+    def rmse(name: str) -> float | None:
+        v = ((scores.get(name) or {}).get("original") or {}).get("overall", {}).get("rmse")
+        return float(v) if v is not None else None
+
+    return row | {
+        "version": version or metrics.get("version"),
+        "kind": cfg.get("kind"),
+        "features": cfg.get("features"),
+        "targets": cfg.get("targets"),
+        "time_step": cfg.get("time_step"),
+        "horizon": cfg.get("horizon"),
+        "interval_ms": cfg.get("interval_ms"),
+        "data": Path(str(data.get("path", ""))).name or None,
+        "rows": (metrics.get("data") or {}).get("rows"),
+        "test_rmse": rmse("model"),
+        "seasonal_naive_rmse": rmse("seasonal_naive"),
+        "persistence_rmse": rmse("persistence"),
+        "trained": (d / "model.safetensors").stat().st_mtime,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [describe(d) for d in find_artifacts(args.paths)]
+    console = Console()
+    if args.json:
+        for r in rows:
+            console.print_json(json.dumps(r), indent=None)
+        return 0
+    if not rows:
+        console.print(
+            f"no artifacts in {', '.join(map(str, args.paths))} (train one: stream-lstm train)"
+        )
+        return 0
+    t = Table(title=f"model artifacts in {', '.join(map(str, args.paths))}")
+    cols = ["model", "version", "kind", "features → targets", "T", "H", "data", "test RMSE",
+            "seasonal naive", "trained"]  # fmt: skip
+    for col in cols:
+        right = col in ("T", "H", "test RMSE", "seasonal naive")
+        t.add_column(col, justify="right" if right else "left")
+    for r in rows:
+        if "error" in r:
+            t.add_row(r["path"], "[red]" + r["error"] + "[/red]", *[""] * 8)
+            continue
+        fmt = lambda v: "–" if v is None else f"{v:,.3g}"  # noqa: E731
+        t.add_row(
+            Path(r["path"]).name, r["version"] or "?", r["kind"] or "?",
+            f"{','.join(r['features'] or [])} → {','.join(r['targets'] or [])}",
+            str(r["time_step"]), str(r["horizon"]), r["data"] or "–",
+            fmt(r["test_rmse"]), fmt(r["seasonal_naive_rmse"]),
+            dt.datetime.fromtimestamp(r["trained"]).strftime("%Y-%m-%d"),
+        )  # fmt: skip
+    console.print(t)
+    return 0
