@@ -44,8 +44,8 @@ fmt: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: system-deps
-system-deps: ## Debian packages the tests use (redis-server, docker-compose, promtool), if missing
-	@deploy/local/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose promtool:prometheus
+system-deps: ## Debian packages the tests use (redis-server, docker-compose, prometheus + promtool), if missing
+	@deploy/local/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose promtool:prometheus prometheus:prometheus
 
 .PHONY: test
 test: lint system-deps ## lint, then every test (unit + integration on a real Kafka broker and Redis the tests start)
@@ -62,6 +62,10 @@ test-chaos: $(STAMP) system-deps ## only the fault tests (kill -9, zombie, Redis
 .PHONY: test-integration
 test-integration: $(STAMP) system-deps ## integration tests only (real Kafka + Redis)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: $(STAMP) system-deps ## the benchmark suite on a local stack it starts (~15 min); JSON in bench/results, see docs/benchmarks.md
+	$(SL) bench --out bench/results
 
 .PHONY: demo
 demo: $(STAMP) ## run the demo on the local stack, then stop what it started
