@@ -148,3 +148,12 @@ def synth_model(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> P
     opts = TrainOptions(time_step=12, horizon=6, hidden_size=16, epochs=2, progress=False)
     train(synth_data, SeriesSpec("ts", ("f0", "f1"), ("f0",), "key"), opts, out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _reap_worker_processes() -> Iterator[None]:
+    """Worker subprocesses a test started are stopped with it, even when it failed."""
+    yield
+    from tests.integration.faults import WorkerProc
+
+    WorkerProc.reap()

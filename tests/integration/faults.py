@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import redis
@@ -35,7 +36,26 @@ REPORT_ENV = "STREAM_LSTM_FAULT_REPORT"  # append each fault run's figures (JSON
 
 
 class WorkerProc:
-    """``stream-lstm worker`` as a real process, killed and restarted by the tests."""
+    """``stream-lstm worker`` as a real process, killed and restarted by the tests.
+
+    Every started process is killed at the end of its test if it is still running (the
+    ``_reap_worker_processes`` fixture in conftest.py), also when the test failed.
+    """
+
+    live: ClassVar[set[WorkerProc]] = set()
+
+    @classmethod
+    def reap(cls) -> int:
+        """Kill what tests left running; returns how many were."""
+        n = 0
+        for w in list(cls.live):
+            if w.alive():
+                n += 1
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(w.pid, signal.SIGKILL)
+                w.kill()
+            cls.live.discard(w)
+        return n
 
     def __init__(
         self,
@@ -74,6 +94,7 @@ class WorkerProc:
                 start_new_session=True,
             )
         self.started_at = time.monotonic()
+        WorkerProc.live.add(self)
         return self
 
     @property
