@@ -10,16 +10,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
 
-from stream_lstm.config import WorkerSettings
+from stream_lstm.config import WorkerSettings, redact_url
 from stream_lstm.engine import Engine, EngineConfig, layout_for
 from stream_lstm.errors import ConfigError, StateError
 from stream_lstm.events import DecoderConfig
-from stream_lstm.kafka import KafkaSink
+from stream_lstm.kafka import KafkaSink, check_topics
 from stream_lstm.metrics import HealthServer, WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
@@ -64,20 +64,74 @@ class RedisRetry:
 
 @dataclass
 class EngineParts:
+    """The engine and what it stands on, plus what both runtimes do around it: start-up
+    (Redis, topics, metrics server), the start-up log, and the /healthz and /readyz probes."""
+
     forecaster: Forecaster
     device: torch.device
     store: RedisStateStore
     sink: KafkaSink
     engine: Engine
+    health: HealthServer | None = None
+    ready: bool = False
+    last_beat: float = field(default_factory=time.monotonic)
+
+    def beat(self) -> None:
+        """The driver's loop is alive (read by /healthz)."""
+        self.last_beat = time.monotonic()
+
+    def healthy(self) -> tuple[bool, str]:
+        age = time.monotonic() - self.last_beat
+        return age < 60, f"loop heartbeat {age:.1f} s ago"
+
+    def readyz(self) -> tuple[bool, str]:
+        if not self.ready:
+            return False, "starting"
+        if not self.store.ping():
+            return False, "Redis unreachable"
+        return True, "ready"
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.health.port if self.health else None
+
+    def start(self, s: WorkerSettings, metrics: WorkerMetrics) -> int:
+        """Connect Redis, start the state writer, check the topics, serve metrics; returns the
+        input topic's partition count."""
+        self.store.connect(retry_s=s.redis_connect_timeout_s)
+        self.engine.start_writer()
+        topics = [s.input_topic, s.output_topic, s.dlq_topic]
+        partitions = check_topics(s.bootstrap, s.kafka_options, topics)[s.input_topic]
+        self.health = serve_metrics(s, metrics, self.healthy, self.readyz)
+        return partitions
+
+    def log_started(self, s: WorkerSettings, runtime: str, partitions: int) -> None:
+        cfg = self.forecaster.config
+        url = f"http://{s.metrics_addr}:{self.health.port}/metrics" if self.health else "off"
+        log.info(
+            "%s up: model %s (%s, %s → %s, H=%d) on %s",
+            runtime, self.forecaster.version, cfg.kind, ",".join(cfg.features),
+            ",".join(cfg.targets), cfg.horizon, self.device,
+        )  # fmt: skip
+        log.info(
+            "%s (%d partitions) → %s, dead letters → %s; group %s; metrics %s",
+            s.input_topic, partitions, s.output_topic, s.dlq_topic, s.group, url,
+        )  # fmt: skip
+        log.info(
+            "state in Redis %s under %s (previous model version: %s)",
+            redact_url(s.redis.get_secret_value()), s.state_namespace, self.store.previous_version,
+        )  # fmt: skip
 
 
 def build_engine(
-    s: WorkerSettings, metrics: WorkerMetrics, retry: Callable[[Callable[[], T]], T]
+    s: WorkerSettings, metrics: WorkerMetrics, stopping: Callable[[], bool]
 ) -> EngineParts:
-    """Load the model, check it against the settings, and wire the engine to Redis and Kafka.
+    """Load the model, check it against the settings, and wire the engine to Redis and Kafka,
+    retrying Redis outages (``stopping()``: a stop was requested; give up sooner).
 
-    Nothing connects yet: the store connects in ``store.connect``, the sink's producer lazily.
+    Nothing connects yet: :meth:`EngineParts.start` does.
     """
+    retry = RedisRetry(s, metrics, stopping)
     # one intra-op thread by default: a tick's model call is small, and OpenMP threads that
     # spin-wait on a 2-core machine shared with the broker stall the loop (measured)
     torch.set_num_threads(s.threads or 1)
@@ -114,7 +168,9 @@ def build_engine(
         ),
         retry=retry,
     )
-    return EngineParts(forecaster, device, store, sink, engine)
+    parts = EngineParts(forecaster, device, store, sink, engine)
+    retry.beat = parts.beat  # a loop waiting for Redis is alive, not hung
+    return parts
 
 
 def serve_metrics(

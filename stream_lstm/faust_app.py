@@ -45,13 +45,12 @@ import faust
 import numpy as np
 from faust.types import TP, EventT, StreamT
 
-from stream_lstm.assembly import RedisRetry, build_engine, counts, serve_metrics
-from stream_lstm.config import WorkerSettings, redact_url
+from stream_lstm.assembly import build_engine, counts
+from stream_lstm.config import WorkerSettings
 from stream_lstm.engine import Offsets
 from stream_lstm.errors import ConfigError
 from stream_lstm.events import MessageBatch
-from stream_lstm.kafka import check_topics
-from stream_lstm.metrics import HealthServer, WorkerMetrics
+from stream_lstm.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +153,7 @@ class FaustForecaster:
         self.metrics = metrics or WorkerMetrics()
         self.crashed: BaseException | None = None
         self._stopping = threading.Event()
-        self._last_beat = time.monotonic()
-        parts = build_engine(s, self.metrics, RedisRetry(s, self.metrics, self._stopping.is_set))
+        self.parts = parts = build_engine(s, self.metrics, self._stopping.is_set)
         self.forecaster, self.store, self.sink, self.engine = (
             parts.forecaster,
             parts.store,
@@ -163,8 +161,6 @@ class FaustForecaster:
             parts.engine,
         )
         self.device = parts.device
-        self.health: HealthServer | None = None
-        self._ready = False
         self._started: asyncio.Future[None] | None = None
         self._closed = threading.Event()  # set at shutdown: no engine calls after it
         self._lock = asyncio.Lock()  # one engine call at a time (agent, commit task, rebalance)
@@ -202,45 +198,13 @@ class FaustForecaster:
         await asyncio.shield(self._started)
 
     def _start(self) -> None:
-        s = self.s
-        self.store.connect(retry_s=s.redis_connect_timeout_s)
-        self.engine.start_writer()
-        parts = check_topics(
-            s.bootstrap, s.kafka_options, [s.input_topic, s.output_topic, s.dlq_topic]
-        )
-        self.health = serve_metrics(s, self.metrics, self._healthy, self._readyz)
-        cfg = self.forecaster.config
-        url = f"http://{s.metrics_addr}:{self.health.port}/metrics" if self.health else "off"
-        log.info(
-            "faust agent up: model %s (%s, %s → %s, H=%d) on %s",
-            self.forecaster.version, cfg.kind, ",".join(cfg.features), ",".join(cfg.targets),
-            cfg.horizon, self.device,
-        )  # fmt: skip
-        log.info(
-            "%s (%d partitions) → %s, dead letters → %s; Faust app %s; metrics %s",
-            s.input_topic, parts[s.input_topic], s.output_topic, s.dlq_topic, self.app.conf.id,
-            url,
-        )  # fmt: skip
-        log.info(
-            "state in Redis %s under %s (previous model version: %s)",
-            redact_url(s.redis.get_secret_value()), s.state_namespace, self.store.previous_version,
-        )  # fmt: skip
-        self._ready = True
+        partitions = self.parts.start(self.s, self.metrics)
+        self.parts.log_started(self.s, f"Faust app {self.app.conf.id}", partitions)
+        self.parts.ready = True
 
     @property
     def metrics_port(self) -> int | None:
-        return self.health.port if self.health else None
-
-    def _healthy(self) -> tuple[bool, str]:
-        age = time.monotonic() - self._last_beat
-        return age < 60, f"agent heartbeat {age:.1f} s ago"
-
-    def _readyz(self) -> tuple[bool, str]:
-        if not self._ready:
-            return False, "starting"
-        if not self.store.ping():
-            return False, "Redis unreachable"
-        return True, "ready"
+        return self.parts.metrics_port
 
     # -- the agent: one tick per take() ------------------------------------------------------
     async def _agent(self, stream: StreamT) -> None:
@@ -252,7 +216,7 @@ class FaustForecaster:
             await self._tick(events)
 
     async def _tick(self, events: Sequence[EventT]) -> None:
-        self._last_beat = time.monotonic()
+        self.parts.beat()
         assigned = self.app.consumer.assignment()
         # events of partitions revoked since they were fetched belong to their new owner
         events = [e for e in events if e.message.tp in assigned]
@@ -349,13 +313,13 @@ class FaustForecaster:
             if self._closed.is_set():
                 return
             self._closed.set()
-            self._ready = False
+            self.parts.ready = False
             try:
                 if self._started is not None and self._started.done():
                     await asyncio.to_thread(self._final_cycle)
             finally:
-                if self.health:
-                    self.health.stop()
+                if self.parts.health:
+                    self.parts.health.stop()
                 self.store.close()
         log.info("faust agent stopped: %s", counts(self.metrics, len(self.engine.cache)))
 

@@ -17,17 +17,16 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from stream_lstm.assembly import RedisRetry, build_engine, counts, serve_metrics
-from stream_lstm.config import WorkerSettings, redact_url
+from stream_lstm.assembly import build_engine, counts
+from stream_lstm.config import WorkerSettings
 from stream_lstm.engine import Offsets
 from stream_lstm.errors import KafkaClientError
 from stream_lstm.kafka import (
-    check_topics,
     commit_offsets,
     make_consumer,
     to_batch,
 )
-from stream_lstm.metrics import HealthServer, WorkerMetrics
+from stream_lstm.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 FENCED = {
@@ -43,64 +42,27 @@ class Worker:
         self.s = s
         self.metrics = WorkerMetrics()
         self.stop_requested = threading.Event()
-        self._last_beat = time.monotonic()
-        self._ready = False
-        self.health: HealthServer | None = None
-        parts = build_engine(
-            s, self.metrics, RedisRetry(s, self.metrics, self.stop_requested.is_set, self._beat)
-        )
+        self.parts = parts = build_engine(s, self.metrics, self.stop_requested.is_set)
         self.forecaster, self.device = parts.forecaster, parts.device
         self.store, self.sink, self.engine = parts.store, parts.sink, parts.engine
         self.consumer = make_consumer(s.bootstrap, s.group, s.consumer_config())
 
-    def _beat(self) -> None:
-        self._last_beat = time.monotonic()
-
     # -- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
         s = self.s
-        self.store.connect(retry_s=s.redis_connect_timeout_s)
-        self.engine.start_writer()
-        topics = [s.input_topic, s.output_topic, s.dlq_topic]
-        parts = check_topics(s.bootstrap, s.kafka_options, topics)
-        self.health = serve_metrics(s, self.metrics, self._healthy, self._readyz)
+        partitions = self.parts.start(s, self.metrics)
         self.consumer.subscribe(
             [s.input_topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        cfg = self.forecaster.config
-        url = f"http://{s.metrics_addr}:{self.health.port}/metrics" if self.health else "off"
-        log.info(
-            "worker up: model %s (%s, %s → %s, H=%d) on %s",
-            self.forecaster.version, cfg.kind, ",".join(cfg.features), ",".join(cfg.targets),
-            cfg.horizon, self.device,
-        )  # fmt: skip
-        log.info(
-            "%s (%d partitions) → %s, dead letters → %s; group %s; metrics %s",
-            s.input_topic, parts[s.input_topic], s.output_topic, s.dlq_topic, s.group, url,
-        )  # fmt: skip
-        log.info(
-            "state in Redis %s under %s (previous model version: %s)",
-            redact_url(s.redis.get_secret_value()), s.state_namespace, self.store.previous_version,
-        )  # fmt: skip
-        self._ready = True
+        self.parts.log_started(s, "worker", partitions)
+        self.parts.ready = True
 
     @property
     def metrics_port(self) -> int | None:
-        return self.health.port if self.health else None
-
-    def _healthy(self) -> tuple[bool, str]:
-        age = time.monotonic() - self._last_beat
-        return age < 60, f"loop heartbeat {age:.1f} s ago"
-
-    def _readyz(self) -> tuple[bool, str]:
-        if not self._ready:
-            return False, "starting"
-        if not self.store.ping():
-            return False, "Redis unreachable"
-        return True, "ready"
+        return self.parts.metrics_port
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop_when: Callable[[], bool] | None = None) -> int:
@@ -112,7 +74,8 @@ class Worker:
         try:
             while not self.stop_requested.is_set() and not (stop_when and stop_when()):
                 msgs = self.consumer.consume(num_messages=s.max_batch, timeout=wait)
-                self._last_beat = now = time.monotonic()
+                now = time.monotonic()
+                self.parts.beat()
                 batch = to_batch(msgs, s.input_topic)
                 if len(batch):
                     self.engine.process(batch)
@@ -140,7 +103,7 @@ class Worker:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def _shutdown(self) -> None:
-        self._ready = False
+        self.parts.ready = False
         try:
             self.consumer.close()  # leaves the group (the revoke callback commits first)
         except (KafkaException, RuntimeError) as e:
@@ -149,8 +112,8 @@ class Worker:
             self.sink.flush()
         except Exception as e:
             log.warning("final flush: %s", e)
-        if self.health:
-            self.health.stop()
+        if self.parts.health:
+            self.parts.health.stop()
         self.engine.stop_writer()
         self.store.close()
         log.info("worker stopped: %s", self._counts())

@@ -72,6 +72,32 @@ def _caught_up(workers: list[WorkerProc]) -> bool:
     return True
 
 
+def kill_repeatedly(
+    start: Callable[[dict[str, str] | None], WorkerProc],
+    plan: list[str | None],
+    report: FaultReport,
+    rng: random.Random,
+    alive_s: tuple[float, float],
+) -> WorkerProc:
+    """Start a worker and SIGKILL it once per plan entry: ``None`` after a random time alive
+    (``alive_s``), a fail point (``after_flush@3``) inside a commit cycle. Then start the final
+    worker, without waiting for its first forecast: if the input has ended, the last killed
+    worker may have forecast everything (and stored its state) without its offsets being
+    committed yet, and the final worker then rightly forecasts nothing again."""
+    for point in plan:
+        w = start({"STREAM_LSTM_FAILPOINT": point} if point else None)
+        report.recovery_s.append(w.wait_first_forecast())
+        if point:
+            w.proc.wait(120)  # type: ignore[union-attr]
+            assert w.proc.returncode == -signal.SIGKILL, w.log_text()[-2000:]  # type: ignore[union-attr]
+            assert f"fail point {point.split('@')[0]} reached" in w.log_text()
+        else:
+            time.sleep(rng.uniform(*alive_s))
+            w.kill()
+        report.kills += 1
+    return start(None)
+
+
 def test_kill_9_at_random_moments(
     services: Services, topic_factory: Callable[..., str], synth_model: Path, tmp_path: Path
 ) -> None:
@@ -88,24 +114,13 @@ def test_kill_9_at_random_moments(
     # the fail points crash the 2nd/4th worker inside a commit cycle: between the producer
     # flush and the Redis write, and between the Redis write and the offset commit
     plan = [None, "after_flush@3", None, "after_save@2", None, None]
-    for point in plan:
-        env = {"STREAM_LSTM_FAILPOINT": point} if point else None
-        w = WorkerProc(
+
+    def start(env: dict[str, str] | None) -> WorkerProc:
+        return WorkerProc(
             synth_model, services.bootstrap, services.redis_url, topics, group, tmp_path, env=env
         ).start()
-        report.recovery_s.append(w.wait_first_forecast())
-        if point:
-            w.proc.wait(120)  # type: ignore[union-attr]
-            assert w.proc.returncode == -signal.SIGKILL, w.log_text()[-2000:]
-            assert f"fail point {point.split('@')[0]} reached" in w.log_text()
-        else:
-            time.sleep(rng.uniform(1.0, 4.0))
-            w.kill()
-        report.kills += 1
-    final = WorkerProc(
-        synth_model, services.bootstrap, services.redis_url, topics, group, tmp_path
-    ).start()
-    report.recovery_s.append(final.wait_first_forecast())
+
+    final = kill_repeatedly(start, plan, report, rng, (1.0, 4.0))
     finish([final], producer, n)
     report.notes["events_sent_before_last_kill"] = producer.sent
     three_checks(
@@ -364,27 +379,15 @@ def test_faust_kill_9_at_random_moments(
     report = FaultReport("kill -9 (faust runtime)", events=n, keys=500, partitions=4)
     producer = PacedProducer(services.bootstrap, topics.input, events, rate=600)  # ~50 s
     producer.start()
-    for point in [None, "after_flush@3", None, "after_save@2", None]:
-        env = {"STREAM_LSTM_FAILPOINT": point} if point else None
-        w = WorkerProc(
+
+    def start(env: dict[str, str] | None) -> WorkerProc:
+        return WorkerProc(
             synth_model, services.bootstrap, services.redis_url, topics, group, tmp_path, *FAUST,
             env=env,
         ).start()  # fmt: skip
-        report.recovery_s.append(w.wait_first_forecast())
-        if point:
-            w.proc.wait(120)  # type: ignore[union-attr]
-            assert w.proc.returncode == -signal.SIGKILL, w.log_text()[-2000:]
-            assert f"fail point {point.split('@')[0]} reached" in w.log_text()
-        else:
-            time.sleep(rng.uniform(1.0, 3.0))
-            w.kill()
-        report.kills += 1
-    final = WorkerProc(
-        synth_model, services.bootstrap, services.redis_url, topics, group, tmp_path, *FAUST
-    ).start()
-    # no wait for a first forecast here: if the input has ended, the last killed worker may
-    # have forecast everything (and stored its state) without its offsets being committed yet,
-    # and the final worker then rightly forecasts nothing again
+
+    plan = [None, "after_flush@3", None, "after_save@2", None]
+    final = kill_repeatedly(start, plan, report, rng, (1.0, 3.0))
     finish([final], producer, n)
     three_checks(
         report, synth_model, services.bootstrap, services.redis_url, f"slstm:{group}", topics, n

@@ -23,7 +23,12 @@ from tests.integration.helpers import (
     read_all,
     wait_for,
 )
-from tests.integration.test_worker import SYNTH, assert_parity, events_of
+from tests.integration.test_worker import (
+    SYNTH,
+    assert_each_event_forecast_once,
+    assert_parity,
+    events_of,
+)
 
 FORECASTS = "stream_lstm_forecasts_out_total"
 
@@ -141,10 +146,7 @@ def test_faust_graceful_restart_continues_each_key_exactly(
         assert w2.metric("stream_lstm_replayed_skipped_total") == 0, "nothing applied twice"
         assert w2.metric("stream_lstm_state_loads_total{outcome=restored}") == 3
     got = forecasts_frame(read_all(services.bootstrap, topics.output, len(events)), "f0")
-    per_event = got[got["h"] == 1].groupby(["key", "offset", "partition"]).size()
-    assert (per_event == 1).all() and len(per_event) == len(events), (
-        "each event forecast exactly once"
-    )
+    assert_each_event_forecast_once(got, len(events))
     assert_parity(synth_model, frame, got)
 
 
@@ -170,6 +172,5 @@ def test_state_continues_across_runtimes_both_ways(
             if i:
                 assert w.metric("stream_lstm_state_loads_total{outcome=restored}") == 3
     got = forecasts_frame(read_all(services.bootstrap, topics.output, len(events)), "f0")
-    per_event = got[got["h"] == 1].groupby(["key", "offset", "partition"]).size()
-    assert (per_event == 1).all() and len(per_event) == len(events)
+    assert_each_event_forecast_once(got, len(events))
     assert_parity(synth_model, frame, got)

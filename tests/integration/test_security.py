@@ -253,8 +253,8 @@ def test_metrics_bind_to_loopback_by_default_and_as_configured(
         w = Worker(s)
         w.start()
         try:
-            assert w.health is not None
-            assert w.health.httpd.server_address[0] == expect
+            assert w.parts.health is not None
+            assert w.parts.health.httpd.server_address[0] == expect
         finally:
             w.request_stop()
             w.run()

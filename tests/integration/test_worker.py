@@ -55,6 +55,15 @@ def assert_parity(model: Path, frame: pd.DataFrame, got: pd.DataFrame, atol: flo
     assert worst <= atol, f"max abs difference {worst} on the standardised scale ({target})"
 
 
+def assert_each_event_forecast_once(got: pd.DataFrame, n_events: int) -> None:
+    """Exactly one forecast per input event (by partition and offset)."""
+    per_event = got[got["h"] == 1].groupby(["partition", "offset"]).size()
+    assert len(per_event) == n_events and (per_event == 1).all(), (
+        f"{len(per_event)} events forecast ({int((per_event > 1).sum())} more than once), "
+        f"expected each of {n_events} once"
+    )
+
+
 def test_parity_with_predict_on_real_data(
     services: Services, topic_factory: Callable[..., str], group_id: str, ped_model: Path
 ) -> None:
@@ -122,10 +131,7 @@ def test_graceful_restart_continues_each_key_exactly(
         assert w2.metric("stream_lstm_replayed_skipped_total") == 0
         assert w2.metric("stream_lstm_state_loads_total", outcome="restored") == 3
     got = forecasts_frame(read_all(services.bootstrap, topics.output, len(events)), "f0")
-    per_event = got[got["h"] == 1].groupby(["key", "offset", "partition"]).size()
-    assert (per_event == 1).all() and len(per_event) == len(events), (
-        "each event forecast exactly once"
-    )
+    assert_each_event_forecast_once(got, len(events))
     assert_parity(synth_model, frame, got)
 
 
@@ -165,8 +171,7 @@ def test_two_workers_split_the_partitions(
         assert a.metric("stream_lstm_forecasts_out_total") > 0
         assert b.metric("stream_lstm_forecasts_out_total") > 0
     got = forecasts_frame(read_all(services.bootstrap, topics.output, len(events)), "f0")
-    per_event = got[got["h"] == 1].groupby(["partition", "offset"]).size()
-    assert len(per_event) == len(events) and (per_event == 1).all(), "exactly one run's forecasts"
+    assert_each_event_forecast_once(got, len(events))
     assert_parity(synth_model, frame, got)
 
 
