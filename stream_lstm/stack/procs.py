@@ -99,7 +99,22 @@ def spawn(
             cwd=cwd,
         )
     pid_file.write_text(f"{proc.pid}\n{fingerprint}\n")
+    _wait_for_cmdline(proc)
     return proc
+
+
+def _wait_for_cmdline(proc: subprocess.Popen[bytes], timeout_s: float = 2.0) -> None:
+    """Popen returns once the child has begun its exec, but Linux shows the new command line
+    in /proc only a moment later (an empty one meanwhile), and :func:`read_pid` identifies
+    the process by it: wait for it (or for the child's exit)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if psutil.Process(proc.pid).cmdline():
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.001)
 
 
 def read_pid(pid_file: Path) -> int | None:
