@@ -23,6 +23,7 @@ from stream_lstm.kafka import KafkaSink, check_topics
 from stream_lstm.metrics import HealthServer, WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
+from stream_lstm.scoring import resolve_steps
 from stream_lstm.state_redis import RedisStateStore
 from stream_lstm.train import pick_device
 
@@ -101,6 +102,8 @@ class EngineParts:
         self.store.connect(retry_s=s.redis_connect_timeout_s)
         self.engine.start_writer()
         topics = [s.input_topic, s.output_topic, s.dlq_topic]
+        if s.alerts_topic:
+            topics.append(s.alerts_topic)
         partitions = check_topics(s.bootstrap, s.kafka_options, topics)[s.input_topic]
         self.health = serve_metrics(s, metrics, self.healthy, self.readyz)
         return partitions
@@ -144,10 +147,14 @@ def build_engine(
             f"{','.join(cfg.features)} (model {forecaster.version} in {s.model}); "
             "deploy a model trained on these features, or fix the setting"
         )
+    try:
+        resolve_steps(s.score_steps, cfg.horizon)
+    except ValueError as e:
+        raise ConfigError(f"--score-steps: {e} (model {forecaster.version})") from None
     store = RedisStateStore(
         s.redis.get_secret_value(),
         s.state_namespace,
-        layout_for(forecaster),
+        layout_for(forecaster, s.scoring()),
         ttl_ms=s.state_ttl_s * 1000,
         on_rtt=lambda op, sec: metrics.redis_rtt.labels(op=op).observe(sec),
     )
@@ -157,7 +164,9 @@ def build_engine(
         store,
         sink,
         metrics,
-        EngineConfig(s.output_topic, s.dlq_topic, s.late_policy),
+        EngineConfig(
+            s.output_topic, s.dlq_topic, s.late_policy, s.scoring(), s.alerts_topic or None
+        ),
         DecoderConfig(
             features=tuple(cfg.features),
             allowed_extra=tuple(cfg.targets),

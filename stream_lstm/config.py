@@ -11,14 +11,24 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream_lstm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stream_lstm.scoring import ScoringConfig
 
 # The TOML document given with --config, for the duration of one settings build.
 _TOML: ContextVar[dict[str, Any]] = ContextVar("stream_lstm_toml", default={})  # noqa: B039
@@ -274,6 +284,15 @@ class WorkerSettings(Settings):
     redis_connect_timeout_s: Annotated[float, Field(ge=0)] = 0.0
     redis_outage_limit_s: Annotated[float, Field(ge=0)] = 240.0
     flush_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    # live forecast scoring and excursion alerts (stream_lstm/scoring.py)
+    score_steps: str = "auto"  # auto, all, none, or a list like 1,6,24
+    residual_alpha: Annotated[float, Field(gt=0, le=1)] = 0.05
+    alert_sigma: Annotated[float, Field(ge=0)] = 4.0
+    alert_interval: bool = True
+    alert_warmup: Annotated[int, Field(ge=0)] = 24
+    alerts_topic: str | None = None  # None: alerts are counted in metrics, not produced
+    # hot model reload: look at the --model path this often for a new version (0: never)
+    model_poll_s: Annotated[float, Field(ge=0)] = 10.0
     # "confluent": the confluent-kafka driver (worker.py); "faust": the same engine as a Faust
     # agent (faust_app.py), with Faust's web server off unless faust_web_port >= 0
     runtime: Literal["confluent", "faust"] = "confluent"
@@ -283,6 +302,25 @@ class WorkerSettings(Settings):
     kafka_options: KafkaOptions = Field(default_factory=dict)
     consumer_options: KafkaOptions = Field(default_factory=dict)
     producer_options: KafkaOptions = Field(default_factory=dict)
+
+    @field_validator("score_steps")
+    @classmethod
+    def _steps_syntax(cls, v: str) -> str:
+        from stream_lstm.scoring import resolve_steps
+
+        resolve_steps(v, 10**6)  # the syntax; the model's horizon is checked at start
+        return v
+
+    def scoring(self) -> ScoringConfig:
+        from stream_lstm.scoring import ScoringConfig
+
+        return ScoringConfig(
+            steps=self.score_steps,
+            alpha=self.residual_alpha,
+            sigma=self.alert_sigma,
+            interval=self.alert_interval,
+            warmup=self.alert_warmup,
+        )
 
     @property
     def state_namespace(self) -> str:

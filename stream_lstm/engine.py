@@ -31,6 +31,7 @@ from stream_lstm.faults import failpoint
 from stream_lstm.inference import TickRunner
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.runtime import Forecaster
+from stream_lstm.scoring import Scorer, ScoringConfig, TickGroups, TickScores, encode_alert
 from stream_lstm.state import NO_TS, Layout, Snapshot, StateCache
 from stream_lstm.state_redis import SaveResult
 
@@ -68,13 +69,25 @@ class EngineConfig:
     output_topic: str
     dlq_topic: str
     late_policy: str = "dlq"  # "dlq": dead-letter late events; "drop": count and drop them
+    scoring: ScoringConfig | None = None  # live forecast scoring (None or steps "none": off)
+    alerts_topic: str | None = None  # where excursion alerts go (None: counted, not sent)
 
 
-def layout_for(fc: Forecaster) -> Layout:
-    """The shape of a key's state for a model: (h, c) for the stateful kind, a T-row window."""
+def scorer_for(fc: Forecaster, scoring: ScoringConfig | None) -> Scorer | None:
+    if scoring is None:
+        return None
+    scorer = Scorer(scoring, fc.config, fc.version)
+    return scorer if len(scorer.steps) else None
+
+
+def layout_for(fc: Forecaster, scoring: ScoringConfig | None = None) -> Layout:
+    """The shape of a key's state for a model: (h, c) for the stateful kind, a T-row window,
+    and the score block when forecasts are scored."""
     mc = fc.config
     layers, hidden = (mc.num_layers, mc.hidden_size) if mc.stateful else (0, 0)
-    return Layout(fc.version, layers, hidden, mc.time_step, len(mc.features))
+    scorer = scorer_for(fc, scoring)
+    dims = scorer.layout_dims() if scorer else {}
+    return Layout(fc.version, layers, hidden, mc.time_step, len(mc.features), **dims)
 
 
 def _once(fn: Callable[[], T]) -> T:
@@ -150,7 +163,8 @@ class Engine:
             or DecoderConfig(features=tuple(mc.features), allowed_extra=tuple(mc.targets))
         )
         self.runner = TickRunner(forecaster.module, forecaster.device)
-        self.layout = layout_for(forecaster)
+        self.scorer = scorer_for(forecaster, cfg.scoring)
+        self.layout = layout_for(forecaster, cfg.scoring)
         init_h, init_c = self._initial_state()
         # stateful models read windows only to rebuild: those stay in Redis, not in memory
         self.cache = StateCache(self.layout, init_h, init_c, keep_windows=not mc.stateful)
@@ -217,18 +231,28 @@ class Engine:
                 batch, dec.index[i], "duplicate", "same time as the key's last applied event"
             )
         a_idx = s_idx[~late & ~dup]
-        t3 = time.perf_counter()
+        t3 = t4 = t5 = time.perf_counter()
         if a_idx.size:
-            y = self._apply(a_idx, codes, slots_u, dec.values, dec.ts, offs, keys)
+            y, groups = self._apply(a_idx, codes, slots_u, dec.values, dec.ts, offs, keys)
+            vals = self.fc.to_original(y, keys[a_idx])  # [n, H, n_t, n_q]
             t4 = time.perf_counter()
-            self._publish(a_idx, y, keys, dec.ts, parts, offs, batch.timestamps[dec.index])
-        else:
-            t4 = time.perf_counter()
-        t5 = time.perf_counter()
+            if self.scorer is not None:
+                sc = self.scorer
+                actual = sc.actuals(
+                    dec.values[a_idx],
+                    None if dec.extra is None else dec.extra[a_idx],
+                    self.decoder.extra_names,
+                )
+                self._scored(sc.score(self.cache, groups, dec.ts[a_idx], vals, actual, keys[a_idx]))
+            t5 = time.perf_counter()
+            self._publish(a_idx, vals, keys, dec.ts, parts, offs, batch.timestamps[dec.index])
+        t6 = time.perf_counter()
         m.stage_seconds.labels("decode").observe(t1 - t0 + t3 - t2)
         m.stage_seconds.labels("state_load").observe(t2 - t1)
         m.stage_seconds.labels("model").observe(t4 - t3)
-        m.stage_seconds.labels("publish").observe(t5 - t4)
+        if self.scorer is not None:
+            m.stage_seconds.labels("score").observe(t5 - t4)
+        m.stage_seconds.labels("publish").observe(t6 - t5)
         m.cached_keys.set(len(self.cache))
 
     def _late_or_duplicate(
@@ -269,10 +293,11 @@ class Engine:
         ts: np.ndarray,
         offs: np.ndarray,
         keys: np.ndarray,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, TickGroups]:
         """Run the accepted events through the model from each key's state; update the state.
 
-        Returns the forecasts ``[n, H, n_t, n_q]`` (standardised) in ``a_idx`` order.
+        Returns the forecasts ``[n, H, n_t, n_q]`` (standardised) in ``a_idx`` order, and how
+        the events group by key.
         """
         cache, fc, mc = self.cache, self.fc, self.mcfg
         n = a_idx.size
@@ -330,7 +355,25 @@ class Engine:
         cache.count[slots] += counts
         cache.dirty[slots] = True
         self.metrics.events_applied.inc(n)
-        return y
+        return y, TickGroups(slots, kpos, pos, counts, first)
+
+    def _scored(self, res: TickScores) -> None:
+        """A tick's live errors into the metrics; its alerts to the alerts topic."""
+        assert self.scorer is not None
+        m, sc = self.metrics, self.scorer
+        for j, step in enumerate(sc.steps.tolist()):
+            for t, target in enumerate(sc.targets):
+                if res.n[j, t]:
+                    lbl = (target, str(step))
+                    m.forecast_scored.labels(*lbl).inc(int(res.n[j, t]))
+                    m.forecast_abs_error.labels(*lbl).inc(float(res.abs_err[j, t]))
+                    m.forecast_sq_error.labels(*lbl).inc(float(res.sq_err[j, t]))
+                    if res.inside is not None:
+                        m.forecast_interval_hits.labels(*lbl).inc(int(res.inside[j, t]))
+        for a in res.alerts:
+            m.alerts.labels(a.state).inc()
+            if self.cfg.alerts_topic:
+                self.sink.produce(self.cfg.alerts_topic, a.key.encode(), encode_alert(a))
 
     def _keys_of(self, slots: np.ndarray) -> np.ndarray:
         """Entity keys of slots (only per-key scaling needs them; global scaling ignores them)."""
@@ -341,7 +384,7 @@ class Engine:
     def _publish(
         self,
         a_idx: np.ndarray,
-        y: np.ndarray,
+        vals: np.ndarray,
         keys: np.ndarray,
         ts: np.ndarray,
         parts: np.ndarray,
@@ -351,7 +394,6 @@ class Engine:
         """One forecast per applied event, encoded for the whole tick, handed to the producer."""
         mc = self.mcfg
         ev_keys = keys[a_idx]
-        vals = self.fc.to_original(y, ev_keys)  # [n, H, n_t, n_q]
         point = vals[..., mc.point_index].transpose(0, 2, 1)  # [n, n_t, H]
         quant = vals.transpose(0, 2, 3, 1) if mc.quantiles else None  # [n, n_t, n_q, H]
         ev_keys_l = ev_keys.tolist()

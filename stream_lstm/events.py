@@ -129,6 +129,9 @@ class DecodedBatch:
     ts: np.ndarray  # [n] int64 epoch ms
     values: np.ndarray  # [n, F] float32, the model's features in order
     bad: list[BadEvent] = field(default_factory=list)
+    # [n, X] float32: the allowed extra columns that are not features (e.g. targets sent as
+    # actuals), NaN where an event did not send one; None when there are none
+    extra: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ class Decoder:
         self._one = msgspec.json.Decoder(event_type)
         self._features = attrgetter(*cfg.features) if len(cfg.features) > 1 else None
         self._n_features = len(cfg.features)
+        self.extra_names = tuple(extra)
+        self._extra = attrgetter(*extra) if len(extra) > 1 else None
 
     def decode_batch(self, batch: MessageBatch, now_ms: int | None = None) -> DecodedBatch:
         cfg = self.cfg
@@ -239,12 +244,25 @@ class Decoder:
         )
         keep = np.flatnonzero(ok)
         bad.sort(key=lambda b: b.index)
+        extra = None
+        if self.extra_names:
+            get_x = self._extra
+            x_rows = (
+                list(map(get_x, values_of))
+                if get_x
+                else [(getattr(v, self.extra_names[0]),) for v in values_of]
+            )
+            extra = np.asarray(
+                [[np.nan if x is None else x for x in r] for r in x_rows], dtype=np.float64
+            ).reshape(n, len(self.extra_names))[keep]
+            extra = extra.astype(np.float32)
         return DecodedBatch(
             index=np.asarray(idx, dtype=np.int64)[keep],
             keys=[keys[j] for j in keep] if len(keep) < n else keys,
             ts=ts[keep],
             values=values[keep].astype(np.float32),
             bad=bad,
+            extra=extra,
         )
 
 

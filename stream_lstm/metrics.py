@@ -60,7 +60,7 @@ LATENCY_BUCKETS = (
     30,
     60,
 )
-STAGES = ("decode", "state_load", "model", "publish", "commit", "flush", "snapshot")
+STAGES = ("decode", "state_load", "model", "score", "publish", "commit", "flush", "snapshot")
 
 
 class BatchHistogram(Collector):
@@ -130,9 +130,9 @@ class WorkerMetrics:
         )
         self.stage_seconds = Histogram(
             "stream_lstm_tick_stage_seconds",
-            "Seconds per tick stage (decode, state_load, model, publish) and in the hot loop per "
-            "commit cycle (commit = flush + snapshot of the dirty states; the Redis write runs "
-            "in the background)",
+            "Seconds per tick stage (decode, state_load, model, score, publish) and in the hot "
+            "loop per commit cycle (commit = flush + snapshot of the dirty states; the Redis "
+            "write runs in the background)",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,
@@ -186,6 +186,41 @@ class WorkerMetrics:
             "stream_lstm_model_switches_total", "Model versions switched to at run time", registry=r
         )
         self.assigned = Gauge("stream_lstm_assigned_partitions", "Partitions assigned", registry=r)
+        # live forecast scoring: summed per target and horizon step, never per key
+        # (MAE = abs_error / scored, RMSE = sqrt(squared_error / scored), coverage = hits / scored)
+        by_step = ["target", "step"]
+        self.forecast_scored = Counter(
+            "stream_lstm_forecast_scored_total",
+            "Forecasts scored against the actual that arrived for their time",
+            by_step,
+            registry=r,
+        )
+        self.forecast_abs_error = Counter(
+            "stream_lstm_forecast_abs_error_total",
+            "Sum of |actual - forecast| of the scored forecasts (target units)",
+            by_step,
+            registry=r,
+        )
+        self.forecast_sq_error = Counter(
+            "stream_lstm_forecast_squared_error_total",
+            "Sum of (actual - forecast)^2 of the scored forecasts (target units squared)",
+            by_step,
+            registry=r,
+        )
+        self.forecast_interval_hits = Counter(
+            "stream_lstm_forecast_interval_hits_total",
+            "Scored forecasts whose interval (lowest to highest quantile) held the actual",
+            by_step,
+            registry=r,
+        )
+        self.alerts = Counter(
+            "stream_lstm_alerts_total",
+            "Excursion alerts: open (a key's actuals left the expected band), close (back in it)",
+            ["state"],
+            registry=r,
+        )
+        for state in ("open", "close"):
+            self.alerts.labels(state=state)
         for reason in ("late", "duplicate"):
             self.dead_letters.labels(reason=reason)
         for stage in STAGES:

@@ -2,14 +2,21 @@
 
 A record is fixed-size little-endian binary (a numpy structured dtype)::
 
-    magic "SLS2" | model version (12 bytes) | last_offset i64 @16 | last_ts i64 | count i64
+    magic "SLS3" | model version (12 bytes) | last_offset i64 @16 | last_ts i64 | count i64
     | partition i32 | fill i32 | layers u16 | hidden u16 | window u16 | features u16 | head u16
-    | h f32[layers, hidden] | c f32[layers, hidden]                 ← the "fixed part"
+    | targets u16 | score_ring u16 | steps u16 | stats u16
+    | h f32[layers, hidden] | c f32[layers, hidden]
+    | score block (only when forecasts are scored, see stream_lstm/scoring.py):
+    |   residual EWM mean f32[targets], variance f32[targets], residuals seen i32,
+    |   open excursion: events i32, since i64, peak score f32,
+    |   forecast ring: origin ts i64[score_ring], forecasts f32[score_ring, steps, targets, stats]
+    |                                                               ← the "fixed part" ends here
     | ring (v f32[features], ts i64)[window]                        ← oldest row at `head`
 
 ``last_offset`` sits at byte 16 so the conditional-write script compares it without decoding
-the rest. The window holds the raw feature values and times of the key's last ``window``
-events; rows not yet filled are zeros.
+the rest. Records of the previous format ("SLS2": no score fields, no score block) are still
+read, as another layout (the state is rebuilt from their window). The window holds the raw
+feature values and times of the key's last ``window`` events; rows not yet filled are zeros.
 
 Writes are deltas: each commit cycle sends, per dirty key, the fixed part and only the ring
 rows written since the key's last write (usually one or two), and the Redis script patches them
@@ -27,10 +34,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-MAGIC = b"SLS2"
+MAGIC = b"SLS3"
+MAGIC_V2 = b"SLS2"  # before forecast scoring: read (and rebuilt from its window), never written
 OFFSET_POS = 16  # byte position of last_offset in a record (used by the Redis script)
 NO_TS = np.iinfo(np.int64).min
 
@@ -48,19 +57,72 @@ HEADER_FIELDS: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
     ("features", "<u2"),
     ("head", "<u2"),
 ]
+HEADER_V2 = np.dtype(HEADER_FIELDS)
+HEADER_FIELDS = [
+    *HEADER_FIELDS,
+    ("targets", "<u2"),
+    ("score_ring", "<u2"),
+    ("steps", "<u2"),
+    ("stats", "<u2"),
+]
 HEADER = np.dtype(HEADER_FIELDS)
 
 
-def fixed_dtype(layers: int, hidden: int) -> np.dtype:
+def score_dtype(targets: int, ring: int, steps: int, stats: int) -> np.dtype:
+    """The score block: one-step residual EWM, the open excursion, the last forecasts."""
+    if not ring:
+        return np.dtype([])
     return np.dtype(
-        [*HEADER_FIELDS, ("h", "<f4", (layers, hidden)), ("c", "<f4", (layers, hidden))]
+        [
+            ("ewm_mean", "<f4", (targets,)),
+            ("ewm_var", "<f4", (targets,)),
+            ("ewm_n", "<i4"),
+            ("exc_count", "<i4"),
+            ("exc_since", "<i8"),
+            ("exc_peak", "<f4"),
+            ("fring_ts", "<i8", (ring,)),
+            ("fring", "<f4", (ring, steps, targets, stats)),
+        ]
     )
 
 
-def record_dtype(layers: int, hidden: int, window: int, features: int) -> np.dtype:
+def fixed_dtype(
+    layers: int, hidden: int, targets: int = 0, ring: int = 0, steps: int = 0, stats: int = 0
+) -> np.dtype:
+    fields: list[Any] = [
+        *HEADER_FIELDS,
+        ("h", "<f4", (layers, hidden)),
+        ("c", "<f4", (layers, hidden)),
+    ]
+    if ring:
+        fields.append(("score", score_dtype(targets, ring, steps, stats)))
+    return np.dtype(fields)
+
+
+def record_dtype(
+    layers: int,
+    hidden: int,
+    window: int,
+    features: int,
+    targets: int = 0,
+    ring: int = 0,
+    steps: int = 0,
+    stats: int = 0,
+) -> np.dtype:
     return np.dtype(
         [
-            *fixed_dtype(layers, hidden).descr,
+            *fixed_dtype(layers, hidden, targets, ring, steps, stats).descr,
+            ("ring", [("v", "<f4", (features,)), ("ts", "<i8")], (window,)),
+        ]
+    )
+
+
+def record_dtype_v2(layers: int, hidden: int, window: int, features: int) -> np.dtype:
+    return np.dtype(
+        [
+            *HEADER_V2.descr,
+            ("h", "<f4", (layers, hidden)),
+            ("c", "<f4", (layers, hidden)),
             ("ring", [("v", "<f4", (features,)), ("ts", "<i8")], (window,)),
         ]
     )
@@ -75,10 +137,20 @@ class Layout:
     hidden: int
     window: int
     features: int
+    # forecast scoring (0: off): targets, forecasts kept (the last `score_ring` events'),
+    # horizon steps scored, numbers per step and target (1: point; 3: point, lower, upper)
+    targets: int = 0
+    score_ring: int = 0
+    steps: int = 0
+    stats: int = 0
+
+    @property
+    def score_dims(self) -> tuple[int, int, int, int]:
+        return self.targets, self.score_ring, self.steps, self.stats
 
     @property
     def dtype(self) -> np.dtype:
-        return record_dtype(self.layers, self.hidden, self.window, self.features)
+        return record_dtype(self.layers, self.hidden, self.window, self.features, *self.score_dims)
 
     @property
     def record_size(self) -> int:
@@ -86,7 +158,11 @@ class Layout:
 
     @property
     def fixed_size(self) -> int:
-        return int(fixed_dtype(self.layers, self.hidden).itemsize)
+        return int(fixed_dtype(self.layers, self.hidden, *self.score_dims).itemsize)
+
+    @property
+    def score_block(self) -> np.dtype:
+        return score_dtype(*self.score_dims)
 
     @property
     def row_dtype(self) -> np.dtype:
@@ -116,11 +192,17 @@ class Decoded:
 
 
 def decode_any(rec: bytes) -> Decoded | None:
-    """Decode a record whatever its layout; None if it is not a record at all."""
-    if len(rec) < HEADER.itemsize or rec[:4] != MAGIC:
+    """Decode a record whatever its layout (or format); None if it is not a record at all."""
+    header = {MAGIC: HEADER, MAGIC_V2: HEADER_V2}.get(rec[:4])
+    if header is None or len(rec) < header.itemsize:
         return None
-    hd = np.frombuffer(rec, HEADER, count=1)[0]
-    dt = record_dtype(int(hd["layers"]), int(hd["hidden"]), int(hd["window"]), int(hd["features"]))
+    hd = np.frombuffer(rec, header, count=1)[0]
+    dims = (int(hd["layers"]), int(hd["hidden"]), int(hd["window"]), int(hd["features"]))
+    if header is HEADER:
+        score = (int(hd["targets"]), int(hd["score_ring"]), int(hd["steps"]), int(hd["stats"]))
+        dt = record_dtype(*dims, *score)
+    else:
+        dt = record_dtype_v2(*dims)
     if len(rec) != dt.itemsize:
         return None
     r = np.frombuffer(rec, dt, count=1)[0]
@@ -170,6 +252,7 @@ class Snapshot:
     h: np.ndarray  # [n, L, Hd]
     c: np.ndarray  # [n, L, Hd]
     log: list[LogChunk]  # rows of these slots only
+    score: np.ndarray | None = None  # [n] the score block, when forecasts are scored
     _fixed: np.ndarray | None = None
     _rows: bytes = b""
     _bounds: np.ndarray | None = None
@@ -185,6 +268,7 @@ class Snapshot:
                 self.header.view(np.uint8).reshape(n, HEADER.itemsize),
                 self.h.reshape(n, -1).view(np.uint8),  # float32 bytes, little-endian
                 self.c.reshape(n, -1).view(np.uint8),
+                *(() if self.score is None else (self.score.view(np.uint8).reshape(n, -1),)),
             ],
             axis=1,
         )  # [n, fixed_size]
@@ -240,6 +324,7 @@ class StateCache:
     partition: np.ndarray  # [cap] int32
     dirty: np.ndarray  # [cap] bool, changed since the last Redis write
     rebuild: np.ndarray  # [cap] bool, replay the window through the model first
+    score: np.ndarray | None  # [cap] Layout.score_block, when forecasts are scored
     win: np.ndarray | None  # [cap, W, F] float32 ring, only when windows are kept in memory
     win_ts: np.ndarray | None  # [cap, W] int64
 
@@ -260,11 +345,12 @@ class StateCache:
         self.slot_keys: list[str | None] = []
         self.free: list[int] = []
         self.win = self.win_ts = None
+        self.score = None
         # ring rows written since each key's last Redis write: chunks of (slot, pos, v, ts)
         self._log: list[LogChunk] = []
         # windows of keys loaded from another model version, until the model replays them
         self.rebuild_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._snap: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._snap: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._alloc(capacity)
 
     def _alloc(self, cap: int) -> None:
@@ -291,6 +377,13 @@ class StateCache:
         grow("partition", (), np.int32, -1)
         grow("dirty", (), np.bool_, False)
         grow("rebuild", (), np.bool_, False)
+        if lay.score_ring:
+            score = np.zeros(cap, dtype=lay.score_block)
+            if n_old and self.score is not None:
+                score[:n_old] = self.score
+            self.score = score
+        else:
+            self.score = None
         self.slot_keys += [None] * (cap - n_old)
         self.free += list(range(cap - 1, n_old - 1, -1))
 
@@ -333,6 +426,14 @@ class StateCache:
         self.count[slots] = 0
         self.dirty[slots] = False
         self.rebuild[slots] = False
+        self.reset_score(slots)
+
+    def reset_score(self, slots: np.ndarray) -> None:
+        """No forecasts kept, no residuals seen, no excursion open."""
+        if self.score is not None:
+            self.score[slots] = np.zeros(1, dtype=self.score.dtype)
+            self.score["fring_ts"][slots] = NO_TS
+            self.score["exc_since"][slots] = NO_TS
 
     def evict(self, slots: Iterable[int]) -> int:
         gone = []
@@ -429,8 +530,9 @@ class StateCache:
                 np.zeros(cap, dtype=HEADER),
                 np.zeros((cap, lay.layers, lay.hidden), np.float32),
                 np.zeros((cap, lay.layers, lay.hidden), np.float32),
+                np.zeros(cap if lay.score_ring else 0, dtype=lay.score_block),
             )
-        hdr, h, c = (a[:n] for a in self._snap)
+        hdr, h, c, score = (a[:n] for a in self._snap)
         hdr["magic"] = MAGIC
         hdr["version"] = lay.version.encode()[:12]
         hdr["last_offset"] = self.last_offset[slots]
@@ -441,14 +543,18 @@ class StateCache:
         hdr["layers"], hdr["hidden"] = lay.layers, lay.hidden
         hdr["window"], hdr["features"] = lay.window, lay.features
         hdr["head"] = self.head[slots]
+        hdr["targets"], hdr["score_ring"] = lay.targets, lay.score_ring
+        hdr["steps"], hdr["stats"] = lay.steps, lay.stats
         np.take(self.h, slots, axis=0, out=h)  # into reused buffers: no fresh pages to fault in
         np.take(self.c, slots, axis=0, out=c)
+        if self.score is not None:
+            np.take(self.score, slots, axis=0, out=score)
         if everything:
             log, self._log = self._log, []
         else:
             log = self._take_log(slots)
         keys = [self.slot_keys[s] or "" for s in slots.tolist()]
-        return Snapshot(lay, keys, slots, hdr, h, c, log)
+        return Snapshot(lay, keys, slots, hdr, h, c, log, score if lay.score_ring else None)
 
     def _take_log(self, slots: np.ndarray) -> list[LogChunk]:
         """Remove and return the logged rows of ``slots``."""
@@ -485,6 +591,8 @@ class StateCache:
             self.fill[s] = arr["fill"]
             self.last_offset[s], self.last_ts[s] = arr["last_offset"], arr["last_ts"]
             self.count[s] = arr["count"]
+            if self.score is not None:
+                self.score[s] = arr["score"]
         same_set = set(same)
         for i, r in enumerate(records):
             if i in same_set:

@@ -68,7 +68,47 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="ignore unknown value names",
     )
+    sc = p.add_argument_group("live scoring and alerts")
+    sc.add_argument(
+        "--score-steps",
+        help="horizon steps to score against the actuals: auto (1,2,3,6,12,24,… and H; the "
+        "default), all, none, or a list like 1,6,24 (step 1 is always included)",
+    )
+    sc.add_argument(
+        "--residual-alpha",
+        type=float,
+        help="weight of the newest one-step residual in each key's running mean and variance "
+        "(default 0.05)",
+    )
+    sc.add_argument(
+        "--alert-sigma",
+        type=float,
+        help="an actual is outside when its residual is this many standard deviations from the "
+        "key's mean residual (default 4; 0: off)",
+    )
+    sc.add_argument(
+        "--alert-interval",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="an actual outside the forecast interval is outside too (models with quantiles; "
+        "default on)",
+    )
+    sc.add_argument(
+        "--alert-warmup",
+        type=int,
+        help="residuals a key needs before the sigma rule applies (default 24)",
+    )
+    sc.add_argument(
+        "--alerts-topic",
+        help="topic for excursion alerts (open/close); without it alerts are only counted",
+    )
     o = p.add_argument_group("operations")
+    o.add_argument(
+        "--model-poll-s",
+        type=float,
+        help="check the --model path this often for a new model version and switch to it "
+        "without a restart (default 10; 0: never)",
+    )
     o.add_argument(
         "--metrics-addr", help="address for /metrics, /healthz, /readyz (default 127.0.0.1)"
     )
@@ -136,6 +176,13 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         state_ttl_s=args.state_ttl_s,
         redis_connect_timeout_s=args.redis_connect_timeout,
         redis_outage_limit_s=args.redis_outage_limit,
+        score_steps=args.score_steps,
+        residual_alpha=args.residual_alpha,
+        alert_sigma=args.alert_sigma,
+        alert_interval=args.alert_interval,
+        alert_warmup=args.alert_warmup,
+        alerts_topic=args.alerts_topic,
+        model_poll_s=args.model_poll_s,
         kafka_options=args.kafka_option,
         consumer_options=args.consumer_option,
         producer_options=args.producer_option,

@@ -1,0 +1,292 @@
+"""Live forecast scoring and excursion alerts, checked against a brute-force reference computed
+from the published forecasts: per-step errors, interval coverage, the residual trackers and the
+grouped alerts, across ticks of any size, restarts from the stored state and gaps in a series."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stream_lstm.data.loading import load_frame
+from stream_lstm.engine import Engine, EngineConfig, layout_for
+from stream_lstm.events import decode_forecast
+from stream_lstm.metrics import WorkerMetrics
+from stream_lstm.model.artifact import load_artifact
+from stream_lstm.model.runtime import Forecaster
+from stream_lstm.scoring import Alert, ScoringConfig, decode_alert, resolve_steps
+from stream_lstm.state import HEADER_V2, MAGIC_V2, decode_any
+from stream_lstm.testing import MemorySink, MemoryStore, frame_events, ticks, to_messages
+from stream_lstm.train import train
+
+from .conftest import SPEC, tiny_options
+
+STEPS = "1,2,6"
+SCORING = ScoringConfig(steps=STEPS, alpha=0.2, sigma=1.5, interval=True, warmup=5)
+
+
+@pytest.fixture(scope="module")
+def quantile_model(tmp_path_factory: pytest.TempPathFactory, synth_csv: Path) -> Path:
+    out = tmp_path_factory.mktemp("model") / "q"
+    train(synth_csv, SPEC, tiny_options(quantiles=(0.1, 0.5, 0.9), loss="pinball", epochs=10), out)
+    return out
+
+
+def engine(model: Path, store: MemoryStore | None = None) -> tuple[Engine, MemoryStore, MemorySink]:
+    fc = Forecaster(load_artifact(model))
+    store = store or MemoryStore(layout_for(fc, SCORING))
+    sink = MemorySink()
+    cfg = EngineConfig("out", "dlq", scoring=SCORING, alerts_topic="alerts")
+    return Engine(fc, store, sink, WorkerMetrics(), cfg), store, sink
+
+
+def events(synth_csv: Path, drop_every: int = 0) -> list[tuple[str, int, dict[str, float]]]:
+    ev = frame_events(load_frame(synth_csv, SPEC)[0], ["f0", "f1"])
+    if drop_every:  # gaps: some hours of some keys never arrive
+        ev = [e for i, e in enumerate(ev) if i % drop_every != 3]
+    return ev
+
+
+def expected(
+    evs: list[tuple[str, int, dict[str, float]]], sinks: list[MemorySink], steps: list[int]
+) -> tuple[dict[int, list[float]], list[dict[str, Any]]]:
+    """Per step: [n, sum |e|, sum e², inside]; and the alerts a per-key loop raises."""
+    fcs: dict[tuple[str, int], Any] = {}
+    for sink in sinks:
+        for p in sink.on("out"):
+            f = decode_forecast(p.value or b"")
+            fcs[(f.key, f.ts)] = f
+    iv = next(iter(fcs.values())).interval_ms
+    sums = {s: [0, 0.0, 0.0, 0] for s in steps}
+    seen: dict[str, list[int]] = defaultdict(list)  # a key's event times so far
+    track: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"m": 0.0, "v": 0.0, "n": 0, "since": None, "count": 0, "peak": 0.0}
+    )
+    alerts: list[dict[str, Any]] = []
+    c = SCORING
+    for key, ts, vals in evs:
+        actual = vals["f0"]
+        recent = seen[key][-6:]  # the ring keeps the key's last H = 6 events
+        for s in steps:
+            origin = ts - s * iv
+            if origin in recent:
+                f = fcs[(key, origin)]
+                e = actual - f.forecast["f0"][s - 1]
+                sums[s][0] += 1
+                sums[s][1] += abs(e)
+                sums[s][2] += e * e
+                if f.quantiles:
+                    q = f.quantiles["f0"]
+                    sums[s][3] += int(q["0.1"][s - 1] <= actual <= q["0.9"][s - 1])
+        if ts - iv in recent:
+            f = fcs[(key, ts - iv)]
+            point = f.forecast["f0"][0]
+            lo = hi = None
+            if f.quantiles:
+                lo, hi = f.quantiles["f0"]["0.1"][0], f.quantiles["f0"]["0.9"][0]
+            t = track[key]
+            r = actual - point
+            d = r - t["m"]
+            std = math.sqrt(t["v"])
+            z = abs(d) / std if t["n"] >= c.warmup and std > 0 else 0.0
+            out_sigma = z > c.sigma
+            out_int = lo is not None and hi is not None and not lo <= actual <= hi
+            if z > 0:  # warm: the update sees the residual clipped at the threshold
+                d = max(-c.sigma * std, min(c.sigma * std, d))
+            w = max(c.alpha, 1.0 / (t["n"] + 1))
+            t["m"], t["v"], t["n"] = t["m"] + w * d, (1 - w) * (t["v"] + w * d * d), t["n"] + 1
+            if out_sigma or out_int:
+                if t["since"] is None:
+                    reason = ",".join(
+                        x for x, hit in (("sigma", out_sigma), ("interval", out_int)) if hit
+                    )
+                    t["since"], t["count"], t["peak"] = ts, 1, z
+                    alerts.append(
+                        {"key": key, "state": "open", "ts": ts, "actual": actual,
+                         "expected": point, "reason": reason, "count": 1}
+                    )  # fmt: skip
+                else:
+                    t["count"] += 1
+                    t["peak"] = max(t["peak"], z)
+            elif t["since"] is not None:
+                alerts.append(
+                    {"key": key, "state": "close", "ts": ts, "since": t["since"],
+                     "count": t["count"], "peak": t["peak"] or None}
+                )  # fmt: skip
+                t["since"] = None
+        seen[key].append(ts)
+    return sums, alerts
+
+
+def got_sums(metrics: list[WorkerMetrics], steps: list[int]) -> dict[int, list[float]]:
+    out = {}
+    for s in steps:
+        lbl = {"target": "f0", "step": str(s)}
+
+        def val(name: str, lbl: dict[str, str] = lbl) -> float:
+            return sum(m.registry.get_sample_value(name, lbl) or 0.0 for m in metrics)
+
+        out[s] = [
+            val("stream_lstm_forecast_scored_total"),
+            val("stream_lstm_forecast_abs_error_total"),
+            val("stream_lstm_forecast_squared_error_total"),
+            val("stream_lstm_forecast_interval_hits_total"),
+        ]
+    return out
+
+
+def alerts_of(sinks: list[MemorySink]) -> list[Alert]:
+    return [decode_alert(p.value or b"") for s in sinks for p in s.on("alerts")]
+
+
+def assert_alerts_match(got: list[Alert], want: list[dict[str, Any]]) -> None:
+    # per key the order is the time order; across keys a tick orders by key
+    def by_key(rows: list[Any]) -> dict[str, list[Any]]:
+        d: dict[str, list[Any]] = defaultdict(list)
+        for r in rows:
+            d[r["key"] if isinstance(r, dict) else r.key].append(r)
+        return d
+
+    g, w = by_key(got), by_key(want)
+    assert set(g) == set(w)
+    for key in w:
+        assert len(g[key]) == len(w[key]), key
+        for a, b in zip(g[key], w[key], strict=True):
+            assert (a.state, a.ts) == (b["state"], b["ts"])
+            assert a.count == b["count"]
+            if b["state"] == "open":
+                assert a.reason == b["reason"]
+                assert a.since == a.ts
+                assert a.actual == pytest.approx(b["actual"], rel=1e-5)
+                assert a.expected == pytest.approx(b["expected"], rel=1e-4, abs=1e-4)
+            else:
+                assert a.since == b["since"]
+                assert (a.peak or 0.0) == pytest.approx(b["peak"] or 0.0, rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_model", "quantile_model", "tiny_cnn_model"])
+@pytest.mark.parametrize("sizes", [[1], [7, 1, 64], [5000]])
+def test_scores_and_alerts_equal_a_brute_force_reference(
+    model_name: str, sizes: list[int], synth_csv: Path, request: pytest.FixtureRequest
+) -> None:
+    model = request.getfixturevalue(model_name)
+    evs = events(synth_csv, drop_every=17)
+    eng, _, sink = engine(model)
+    for tick in ticks(to_messages(evs), sizes):
+        eng.process(tick)
+    steps = [1, 2, 6]
+    want_sums, want_alerts = expected(evs, [sink], steps)
+    got = got_sums([eng.metrics], steps)
+    quantiles = model_name == "quantile_model"
+    for s in steps:
+        n, ae, se, inside = want_sums[s]
+        assert n > 0
+        assert got[s][0] == n, f"step {s}: scored {got[s][0]}, expected {n}"
+        assert got[s][1] == pytest.approx(ae, rel=1e-4)
+        assert got[s][2] == pytest.approx(se, rel=1e-4)
+        assert got[s][3] == (inside if quantiles else 0)
+    assert want_alerts, "the reference raises alerts on this data (sigma 1.5)"
+    assert_alerts_match(alerts_of([sink]), want_alerts)
+    opened = eng.metrics.registry.get_sample_value("stream_lstm_alerts_total", {"state": "open"})
+    assert opened == sum(a["state"] == "open" for a in want_alerts)
+    if quantiles:
+        assert any("interval" in a["reason"] for a in want_alerts if a["state"] == "open")
+
+
+def test_scoring_continues_across_restarts(tiny_model: Path, synth_csv: Path) -> None:
+    """The forecasts kept for scoring and the trackers live in the stored state: a worker that
+    stops after a commit cycle and a new one that loads the keys score as one run would."""
+    evs = events(synth_csv)
+    msgs = to_messages(evs)
+    cut = len(msgs) // 2 + 5
+    eng1, store, sink1 = engine(tiny_model)
+    for tick in ticks(msgs[:cut], [37]):
+        eng1.process(tick)
+    eng1.commit_cycle(lambda offsets: None)
+    eng2, _, sink2 = engine(tiny_model, store=store)
+    for tick in ticks(msgs[cut:], [37]):
+        eng2.process(tick)
+    steps = [1, 2, 6]
+    want_sums, want_alerts = expected(evs, [sink1, sink2], steps)
+    got = got_sums([eng1.metrics, eng2.metrics], steps)
+    for s in steps:
+        assert got[s][0] == want_sums[s][0]
+        assert got[s][1] == pytest.approx(want_sums[s][1], rel=1e-4)
+    assert_alerts_match(alerts_of([sink1, sink2]), want_alerts)
+    # the record carries the score block
+    rec = store.record(evs[0][0])
+    assert rec is not None and decode_any(rec) is not None
+    assert len(rec) == store.layout.record_size
+
+
+def test_one_excursion_gives_one_open_and_one_close(tiny_model: Path, synth_csv: Path) -> None:
+    """Five actuals far outside in a row: one open alert, then one close counting all five."""
+    evs = events(synth_csv)
+    key = evs[0][0]
+    mine = [i for i, e in enumerate(evs) if e[0] == key]
+    spike = set(mine[300:305])
+    evs = [(k, t, {**v, "f0": v["f0"] + 1e4}) if i in spike else (k, t, v)
+           for i, (k, t, v) in enumerate(evs)]  # fmt: skip
+    eng, _, sink = engine(tiny_model)
+    for tick in ticks(to_messages(evs), [64]):
+        eng.process(tick)
+    spike_ts = sorted(evs[i][1] for i in spike)
+    mine_alerts = [a for a in alerts_of([sink]) if a.key == key]
+    opened = [a for a in mine_alerts if a.state == "open" and a.ts == spike_ts[0]]
+    assert len(opened) == 1 and opened[0].reason.startswith("sigma")
+    assert opened[0].actual is not None and opened[0].actual > 1e3
+    inside = [a for a in mine_alerts if spike_ts[0] < a.ts <= spike_ts[-1]]
+    assert inside == [], "no new alert while the excursion goes on"
+    closed = [a for a in mine_alerts if a.state == "close" and a.since == spike_ts[0]]
+    assert len(closed) == 1 and closed[0].count >= 5
+
+
+def test_scoring_off_keeps_the_old_record_size(tiny_model: Path) -> None:
+    fc = Forecaster(load_artifact(tiny_model))
+    off = layout_for(fc, ScoringConfig(steps="none"))
+    on = layout_for(fc, SCORING)
+    assert off.score_ring == 0 and on.score_ring == fc.config.horizon
+    assert on.record_size - off.record_size == (
+        4 * 2 + 4 + 4 + 8 + 4 + 8 * 6 + 4 * 6 * 3 * 1  # trackers, excursion, ring ts, ring
+    )
+
+
+def test_resolve_steps() -> None:
+    assert resolve_steps("auto", 24) == (1, 2, 3, 6, 12, 24)
+    assert resolve_steps("auto", 10) == (1, 2, 3, 6, 10)
+    assert resolve_steps("all", 3) == (1, 2, 3)
+    assert resolve_steps("none", 24) == ()
+    assert resolve_steps("6, 24", 24) == (1, 6, 24)
+    with pytest.raises(ValueError, match="outside the model's horizon"):
+        resolve_steps("1,48", 24)
+    with pytest.raises(ValueError, match="expected auto, all, none"):
+        resolve_steps("first", 24)
+
+
+def test_old_format_records_are_rebuilt(tiny_model: Path, synth_csv: Path) -> None:
+    """A record written before scoring existed ("SLS2") is read and rebuilt from its window."""
+    msgs = to_messages(events(synth_csv)[:210])
+    fc = Forecaster(load_artifact(tiny_model))
+    old_store = MemoryStore(layout_for(fc, ScoringConfig(steps="none")))
+    eng0 = Engine(fc, old_store, MemorySink(), WorkerMetrics(), EngineConfig("out", "dlq"))
+    for tick in ticks(msgs[:200], [50]):
+        eng0.process(tick)
+    eng0.commit_cycle(lambda o: None)
+    # rewrite every record in the old format: header without the four score fields
+    for k, rec in list(old_store.data.items()):
+        extra = 8  # the new header fields
+        body = rec[: HEADER_V2.itemsize] + rec[HEADER_V2.itemsize + extra :]
+        old_store.data[k] = MAGIC_V2 + body[4:]
+        d = decode_any(old_store.data[k])
+        assert d is not None and d.fill > 0
+    store = MemoryStore(layout_for(fc, SCORING), data=old_store.data)
+    eng, _, _ = engine(tiny_model, store=store)
+    eng.process(msgs[200:201])
+    assert eng.metrics.registry.get_sample_value(
+        "stream_lstm_state_loads_total", {"outcome": "rebuilt"}
+    )
+    assert np.isfinite(eng.cache.h).all()
