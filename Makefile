@@ -44,8 +44,8 @@ fmt: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: system-deps
-system-deps: ## Debian packages the tests use (redis-server, docker-compose, prometheus + promtool), if missing
-	@deploy/local/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose promtool:prometheus prometheus:prometheus
+system-deps: ## Debian packages the tests use (redis-server, docker-compose, prometheus + promtool, chromium), if missing
+	@deploy/local/ensure-debian-packages.sh redis-server:redis-server docker-compose:docker-compose promtool:prometheus prometheus:prometheus chromium:chromium
 
 .PHONY: test
 test: lint system-deps ## lint, then every test (unit + integration on a real Kafka broker and Redis the tests start)

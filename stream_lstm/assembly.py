@@ -16,8 +16,8 @@ from typing import TypeVar
 import torch
 
 from stream_lstm.config import WorkerSettings, redact_url
-from stream_lstm.engine import Engine, EngineConfig, layout_for
-from stream_lstm.errors import ConfigError, StateError
+from stream_lstm.engine import Engine, EngineConfig, Offsets, layout_for
+from stream_lstm.errors import ConfigError, ModelError, StateError
 from stream_lstm.events import DecoderConfig
 from stream_lstm.kafka import KafkaSink, check_topics
 from stream_lstm.metrics import HealthServer, WorkerMetrics
@@ -76,6 +76,8 @@ class EngineParts:
     health: HealthServer | None = None
     ready: bool = False
     last_beat: float = field(default_factory=time.monotonic)
+    _next_poll: float = field(default_factory=time.monotonic)
+    _refused: str = ""  # a version that does not fit these settings: not retried
 
     def beat(self) -> None:
         """The driver's loop is alive (read by /healthz)."""
@@ -95,6 +97,46 @@ class EngineParts:
     @property
     def metrics_port(self) -> int | None:
         return self.health.port if self.health else None
+
+    # -- hot model reload ----------------------------------------------------------------------
+    def maybe_reload(
+        self, s: WorkerSettings, metrics: WorkerMetrics, commit: Callable[[Offsets], None]
+    ) -> bool:
+        """Every ``model_poll_s``: if the artifact at ``--model`` has a new VERSION, load it and
+        switch the engine to it (between ticks; the driver holds the engine). An artifact that
+        does not load (half copied, corrupt) or does not fit (other features, a horizon the
+        score steps exceed) is logged, counted, and the current model stays."""
+        now = time.monotonic()
+        if s.model_poll_s <= 0 or now < self._next_poll:
+            return False
+        self._next_poll = now + s.model_poll_s
+        try:
+            version = (s.model / "VERSION").read_text().strip()
+        except OSError:
+            version = ""
+        if version in (self.forecaster.version, self._refused):
+            return False
+        try:
+            new = Forecaster(load_artifact(s.model), self.device)
+            check_model(s, new, self.forecaster)
+        except (ModelError, ConfigError) as e:
+            self._refused = version if isinstance(e, ConfigError) else ""
+            metrics.model_reload_failures.inc()
+            log.error("model at %s not switched to: %s (keeping %s)", s.model, e,
+                      self.forecaster.version)  # fmt: skip
+            return False
+        old = self.forecaster.version
+        t0 = time.perf_counter()
+        dropped = self.engine.switch_model(new, commit)
+        self.forecaster = new
+        metrics.model_switches.inc()
+        log.info(
+            "model switched %s → %s (%s, H=%d) in %.2f s: %d cached keys dropped; their states "
+            "load again and rebuild from their stored windows",
+            old, new.version, new.config.kind, new.config.horizon, time.perf_counter() - t0,
+            dropped,
+        )  # fmt: skip
+        return True
 
     def start(self, s: WorkerSettings, metrics: WorkerMetrics) -> int:
         """Connect Redis, start the state writer, check the topics, serve metrics; returns the
@@ -126,6 +168,28 @@ class EngineParts:
         )  # fmt: skip
 
 
+def check_model(s: WorkerSettings, fc: Forecaster, current: Forecaster | None = None) -> None:
+    """The model fits the settings (and, for a hot switch, the features the producers send)."""
+    cfg = fc.config
+    if s.features is not None and list(s.features) != list(cfg.features):
+        raise ConfigError(
+            f"--features {','.join(s.features)} does not match the model's features "
+            f"{','.join(cfg.features)} (model {fc.version} in {s.model}); "
+            "deploy a model trained on these features, or fix the setting"
+        )
+    if current is not None and list(cfg.features) != list(current.config.features):
+        raise ConfigError(
+            f"model {fc.version} reads features {','.join(cfg.features)}, the running model "
+            f"{current.version} reads {','.join(current.config.features)}: producers send the "
+            "latter, so a hot switch would dead-letter every event; restart the workers with "
+            "the new model once producers send the new features"
+        )
+    try:
+        resolve_steps(s.score_steps, cfg.horizon)
+    except ValueError as e:
+        raise ConfigError(f"--score-steps: {e} (model {fc.version})") from None
+
+
 def build_engine(
     s: WorkerSettings, metrics: WorkerMetrics, stopping: Callable[[], bool]
 ) -> EngineParts:
@@ -140,17 +204,8 @@ def build_engine(
     torch.set_num_threads(s.threads or 1)
     device = pick_device(s.device)
     forecaster = Forecaster(load_artifact(s.model), device)
+    check_model(s, forecaster)
     cfg = forecaster.config
-    if s.features is not None and list(s.features) != list(cfg.features):
-        raise ConfigError(
-            f"--features {','.join(s.features)} does not match the model's features "
-            f"{','.join(cfg.features)} (model {forecaster.version} in {s.model}); "
-            "deploy a model trained on these features, or fix the setting"
-        )
-    try:
-        resolve_steps(s.score_steps, cfg.horizon)
-    except ValueError as e:
-        raise ConfigError(f"--score-steps: {e} (model {forecaster.version})") from None
     store = RedisStateStore(
         s.redis.get_secret_value(),
         s.state_namespace,

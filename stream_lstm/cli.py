@@ -27,6 +27,7 @@ COMMANDS = [
     "worker",
     "replay",
     "tail",
+    "dashboard",
     "bench",
     "stack",
     "demo",

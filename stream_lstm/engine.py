@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -62,6 +62,8 @@ class StateStore(Protocol):
     def load(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
     def save(self, snap: Snapshot) -> SaveResult: ...
+
+    def use_layout(self, layout: Layout) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -154,30 +156,51 @@ class Engine:
         decoder_cfg: DecoderConfig | None = None,
         retry: Callable[[Callable[[], Any]], Any] = _once,
     ) -> None:
-        self.fc = forecaster
-        self.mcfg = mc = forecaster.config
         self.store, self.sink, self.metrics, self.cfg = store, sink, metrics, cfg
         self.retry = retry
-        self.decoder = Decoder(
-            decoder_cfg
-            or DecoderConfig(features=tuple(mc.features), allowed_extra=tuple(mc.targets))
+        self._decoder_cfg = decoder_cfg
+        self.pending: Offsets = {}
+        self._writer: _StateWriter | None = None
+        self.use_model(forecaster)
+
+    def use_model(self, forecaster: Forecaster) -> None:
+        """Run ``forecaster`` from now on. At start-up, and for a hot model switch: the driver
+        runs a whole commit cycle first, the store moves to the new version's layout, and every
+        key is loaded again from Redis (rebuilt from its stored window, DESIGN.md's policy)."""
+        self.fc = forecaster
+        self.mcfg = mc = forecaster.config
+        dc = self._decoder_cfg or DecoderConfig(
+            features=tuple(mc.features), allowed_extra=tuple(mc.targets)
         )
+        if self._decoder_cfg is not None:  # keep the limits, follow the model's columns
+            dc = replace(dc, features=tuple(mc.features), allowed_extra=tuple(mc.targets))
+        self.decoder = Decoder(dc)
         self.runner = TickRunner(forecaster.module, forecaster.device)
-        self.scorer = scorer_for(forecaster, cfg.scoring)
-        self.layout = layout_for(forecaster, cfg.scoring)
+        self.scorer = scorer_for(forecaster, self.cfg.scoring)
+        self.layout = layout_for(forecaster, self.cfg.scoring)
         init_h, init_c = self._initial_state()
         # stateful models read windows only to rebuild: those stay in Redis, not in memory
         self.cache = StateCache(self.layout, init_h, init_c, keep_windows=not mc.stateful)
-        self.pending: Offsets = {}
-        self._writer: _StateWriter | None = None
         self.interval = format_interval(mc.interval_ms)
         self._encoder = ForecastEncoder(
             forecaster.version, self.interval, mc.interval_ms, list(mc.targets), list(mc.quantiles)
         )
-        metrics.model.info(
+        self.metrics.model.info(
             {"version": forecaster.version, "kind": mc.kind, "features": ",".join(mc.features),
              "targets": ",".join(mc.targets), "horizon": str(mc.horizon), "interval": self.interval}
         )  # fmt: skip
+        self.metrics.cached_keys.set(0)
+
+    def switch_model(self, forecaster: Forecaster, commit: Callable[[Offsets], None]) -> int:
+        """A hot model switch, between ticks: a whole commit cycle (every forecast so far
+        acknowledged, every state written under the old version, offsets committed), then the
+        new version. Returns how many cached keys were dropped (they reload and rebuild)."""
+        self.commit_cycle(commit, wait=True)
+        dropped = len(self.cache)
+        layout = layout_for(forecaster, self.cfg.scoring)
+        self.retry(lambda: self.store.use_layout(layout))
+        self.use_model(forecaster)
+        return dropped
 
     def _initial_state(self) -> tuple[np.ndarray, np.ndarray]:
         m = self.fc.module

@@ -154,12 +154,7 @@ class FaustForecaster:
         self.crashed: BaseException | None = None
         self._stopping = threading.Event()
         self.parts = parts = build_engine(s, self.metrics, self._stopping.is_set)
-        self.forecaster, self.store, self.sink, self.engine = (
-            parts.forecaster,
-            parts.store,
-            parts.sink,
-            parts.engine,
-        )
+        self.store, self.sink, self.engine = parts.store, parts.sink, parts.engine
         self.device = parts.device
         self._started: asyncio.Future[None] | None = None
         self._closed = threading.Event()  # set at shutdown: no engine calls after it
@@ -245,6 +240,8 @@ class FaustForecaster:
         if urgent or now - self._last_cycle >= self.s.commit_interval_ms / 1000.0:
             self.engine.commit_cycle(self._record, wait=urgent)
             self._last_cycle = now
+        if not urgent:
+            self.parts.maybe_reload(self.s, self.metrics, self._record)
 
     def _record(self, offsets: Offsets) -> None:
         """The engine's commit callback: these offsets are flushed and their states written."""

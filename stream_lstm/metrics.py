@@ -185,6 +185,11 @@ class WorkerMetrics:
         self.model_switches = Counter(
             "stream_lstm_model_switches_total", "Model versions switched to at run time", registry=r
         )
+        self.model_reload_failures = Counter(
+            "stream_lstm_model_reload_failures_total",
+            "New artifacts at the model path that could not be switched to (see the log)",
+            registry=r,
+        )
         self.assigned = Gauge("stream_lstm_assigned_partitions", "Partitions assigned", registry=r)
         # live forecast scoring: summed per target and horizon step, never per key
         # (MAE = abs_error / scored, RMSE = sqrt(squared_error / scored), coverage = hits / scored)

@@ -570,8 +570,9 @@ class StateCache:
         """Fill freshly allocated ``slots`` from stored records (None = never seen).
 
         Same version and layout: restored as is, in one vectorised decode. Another version:
-        counters and window kept, ``(h, c)`` reset and the slot flagged for a rebuild from its
-        window (or started fresh when the window's features do not match). Returns counts.
+        counters and window kept (its newest rows, when this version keeps fewer), ``(h, c)``
+        reset and the slot flagged for a rebuild from its window (or started fresh when the
+        window's features do not match). Returns counts.
         """
         lay = self.layout
         tag = lay.version.encode()[:12].ljust(12, b"\0")
@@ -611,18 +612,21 @@ class StateCache:
                 d.count,
             )
             self.dirty[s1] = True  # written under the new version at the next commit
-            if d.win.shape != (lay.window, lay.features):
+            if d.win.shape[1] != lay.features:
                 stats["fresh"] += 1
                 continue
-            # the window, oldest first and right-aligned, becomes this version's ring (head 0)
-            W = lay.window
-            self.fill[s1], self.head[s1] = d.fill, 0
+            # the window's newest rows (as many as this version keeps), oldest first and
+            # right-aligned, become this version's ring (head 0)
+            W, fill = lay.window, min(d.fill, lay.window)
+            v, t = d.win[d.win.shape[0] - fill :], d.win_ts[d.win.shape[0] - fill :]
+            self.fill[s1], self.head[s1] = fill, 0
+            filled = np.arange(W - fill, W)
             if self.win is not None and self.win_ts is not None:
-                self.win[s1], self.win_ts[s1] = d.win, d.win_ts
-            filled = np.arange(W - d.fill, W)
-            self._log.append((np.full(d.fill, s1), filled, d.win[filled], d.win_ts[filled]))
-            if lay.layers > 0 and d.fill > 0:
+                self.win[s1], self.win_ts[s1] = 0, 0
+                self.win[s1, filled], self.win_ts[s1, filled] = v, t
+            self._log.append((np.full(fill, s1), filled, v, t))
+            if lay.layers > 0 and fill > 0:
                 self.rebuild[s1] = True
-                self.rebuild_rows[s1] = (d.win[filled], d.win_ts[filled])
+                self.rebuild_rows[s1] = (v, t)
             stats["rebuilt"] += 1
         return stats

@@ -63,6 +63,18 @@ return {{written, refused}}
 MAX_KEYS_PER_ROUND_TRIP = 16_384
 
 
+def newer(cur: bytes | None, prev: bytes | None) -> bytes | None:
+    """Of a key's record under this version and under the previous one, the one to load."""
+    if cur is None or prev is None:
+        return cur if prev is None else prev
+    at = slice(OFFSET_POS, OFFSET_POS + 8)
+    if int.from_bytes(prev[at], "little", signed=True) > int.from_bytes(
+        cur[at], "little", signed=True
+    ):
+        return prev
+    return cur
+
+
 @dataclass
 class SaveResult:
     written: int = 0
@@ -130,6 +142,15 @@ class RedisStateStore:
         self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
         self.previous_version = self._register_version()
 
+    def use_layout(self, layout: Layout) -> None:
+        """Store a new model version's states from now on (a hot model switch): register the
+        version, so its keys fall back to the records of the one before."""
+        self.layout, self.version = layout, layout.version
+        try:
+            self.previous_version = self._register_version()
+        except redis.RedisError as e:
+            raise StateError(f"registering model version {layout.version}: {e}") from None
+
     def _register_version(self) -> str | None:
         key = f"{self.namespace}:versions"
         seen = [
@@ -145,7 +166,10 @@ class RedisStateStore:
 
     # -- the two round trips -----------------------------------------------------------------
     def load(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Records of ``keys``: this version's, else the previous version's, else None."""
+        """Records of ``keys``: this version's, else the previous version's, else None.
+
+        When both exist, the one that has seen the later offset wins: after a switch back to a
+        version (A → B → A), A's old records are stale and B's must be rebuilt from instead."""
         if not keys:
             return []
         t0 = time.perf_counter()
@@ -165,7 +189,7 @@ class RedisStateStore:
         cur = [v for part in replies[:n_cur] for v in part]
         if self.previous_version:
             prev = [v for part in replies[n_cur:] for v in part]
-            return [c if c is not None else p for c, p in zip(cur, prev, strict=True)]
+            return [newer(c, p) for c, p in zip(cur, prev, strict=True)]
         return cur
 
     def save(self, snap: Snapshot) -> SaveResult:
@@ -175,7 +199,7 @@ class RedisStateStore:
         if not keys:
             return result
         t0 = time.perf_counter()
-        lay = self.layout
+        lay = snap.layout  # the snapshot's own (a model switch may have moved the store on)
         common = (self.ttl_ms, lay.record_size, lay.fixed_size, lay.row_bytes)
         for attempt in (1, 2):
             try:
@@ -183,7 +207,7 @@ class RedisStateStore:
                     self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
                 pipe = self.client.pipeline(transaction=False)
                 bounds = list(range(0, len(keys), self.chunk))
-                names = [self.record_key(k) for k in keys]
+                names = [self.record_key(k, lay.version) for k in keys]
                 fixed_parts, new_rows = snap.blobs()
                 replies = []
                 for s in bounds:

@@ -15,7 +15,7 @@ import pandas as pd
 from stream_lstm.data.loading import KEY, TS
 from stream_lstm.events import InMessage, encode_event
 from stream_lstm.state import OFFSET_POS, Layout, Snapshot, apply_delta
-from stream_lstm.state_redis import SaveResult
+from stream_lstm.state_redis import SaveResult, newer
 
 
 @dataclass
@@ -76,8 +76,8 @@ class MemoryStore:
         out = []
         for k in keys:
             rec = self.data.get(self._k(k))
-            if rec is None and self.previous_version:
-                rec = self.data.get(self._k(k, self.previous_version))
+            if self.previous_version:
+                rec = newer(rec, self.data.get(self._k(k, self.previous_version)))
             out.append(rec)
         return out
 
@@ -85,16 +85,22 @@ class MemoryStore:
         self.saves += 1
         res = SaveResult()
         for k, fixed, rows in snap.items():
-            cur = self.data.get(self._k(k))
+            name = self._k(k, snap.layout.version)
+            cur = self.data.get(name)
             new_off = int.from_bytes(fixed[OFFSET_POS : OFFSET_POS + 8], "little", signed=True)
             if cur is not None:
                 old_off = int.from_bytes(cur[OFFSET_POS : OFFSET_POS + 8], "little", signed=True)
                 if old_off > new_off:
                     res.refused.append(k)
                     continue
-            self.data[self._k(k)] = apply_delta(cur, fixed, rows, self.layout)
+            self.data[name] = apply_delta(cur, fixed, rows, snap.layout)
             res.written += 1
         return res
+
+    def use_layout(self, layout: Layout) -> None:
+        if layout.version != self.version:
+            self.previous_version = self.version
+        self.layout = layout
 
     def record(self, key: str) -> bytes | None:
         return self.data.get(self._k(key))

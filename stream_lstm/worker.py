@@ -27,6 +27,7 @@ from stream_lstm.kafka import (
     to_batch,
 )
 from stream_lstm.metrics import WorkerMetrics
+from stream_lstm.model.runtime import Forecaster
 
 log = logging.getLogger(__name__)
 FENCED = {
@@ -43,7 +44,7 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.stop_requested = threading.Event()
         self.parts = parts = build_engine(s, self.metrics, self.stop_requested.is_set)
-        self.forecaster, self.device = parts.forecaster, parts.device
+        self.device = parts.device
         self.store, self.sink, self.engine = parts.store, parts.sink, parts.engine
         self.consumer = make_consumer(s.bootstrap, s.group, s.consumer_config())
 
@@ -59,6 +60,10 @@ class Worker:
         )
         self.parts.log_started(s, "worker", partitions)
         self.parts.ready = True
+
+    @property
+    def forecaster(self) -> Forecaster:
+        return self.parts.forecaster  # changes on a hot model switch
 
     @property
     def metrics_port(self) -> int | None:
@@ -84,6 +89,7 @@ class Worker:
                 if now - last_commit >= commit_every:
                     self._guarded(self.engine.commit_cycle, self._commit, wait=False)
                     last_commit = time.monotonic()
+                self._guarded(self.parts.maybe_reload, s, self.metrics, self._commit)
                 if now - last_lag >= 5.0:
                     self._update_lag()
                     last_lag = now

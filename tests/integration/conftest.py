@@ -150,6 +150,18 @@ def synth_model(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> P
     return out
 
 
+@pytest.fixture(scope="session")
+def synth_model_b(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Path:
+    """Another version for the same data (other seed and size): the hot-switch target."""
+    from stream_lstm.data.loading import SeriesSpec
+    from stream_lstm.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("models") / "synth-b"
+    opts = TrainOptions(time_step=8, horizon=6, hidden_size=12, epochs=2, seed=7, progress=False)
+    train(synth_data, SeriesSpec("ts", ("f0", "f1"), ("f0",), "key"), opts, out)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _reap_worker_processes() -> Iterator[None]:
     """Worker subprocesses a test started are stopped with it, even when it failed."""

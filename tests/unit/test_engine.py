@@ -190,6 +190,58 @@ def test_a_new_model_version_rebuilds_state_from_the_window(
         np.testing.assert_allclose(eng2.cache.h[eng2.cache.index[key]], h[:, 0].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("second", ["tiny_model_v2", "tiny_cnn_model"])
+def test_hot_switch_equals_a_restart_with_the_new_model(
+    tiny_model: Path, second: str, synth_csv: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Engine.switch_model between ticks (commit cycle, new layout, keys reloaded and rebuilt)
+    gives the same forecasts as stopping and starting a new engine on the new model; and a
+    switch back to the first version rebuilds from the second's newer records, not from its own
+    stale ones."""
+    if second == "tiny_model_v2":
+        model_b = tmp_path / "v2"
+        shutil.copytree(tiny_model, model_b)
+        a = load_artifact(model_b)
+        with torch.no_grad():
+            for p in a.module.parameters():
+                p.mul_(1.01)
+        save_artifact(model_b, a.config, a.module, a.scaler)
+    else:
+        model_b = request.getfixturevalue(second)
+    msgs = to_messages(frame_events(frame(synth_csv), ["f0", "f1"]))
+    committed: list[dict[tuple[str, int], int]] = []
+    eng, store, sink = make_engine(tiny_model)
+    for tick in ticks(msgs[:600], [64]):
+        eng.process(tick)
+    fc_b = Forecaster(load_artifact(model_b))
+    dropped = eng.switch_model(fc_b, committed.append)
+    assert dropped == 3 and len(eng.cache) == 0
+    assert committed and store.version == fc_b.version
+    before = len(sink.on("out"))
+    for tick in ticks(msgs[600:900], [64]):
+        eng.process(tick)
+    got = forecasts(MemorySink(delivered=sink.on("out")[before:]))
+
+    ref_eng, ref_store, _ = make_engine(tiny_model)
+    for tick in ticks(msgs[:600], [64]):
+        ref_eng.process(tick)
+    ref_eng.commit_cycle(lambda o: None)
+    store_b = MemoryStore(
+        layout_for(fc_b), previous_version=ref_eng.fc.version, data=ref_store.data
+    )
+    eng_b = Engine(fc_b, store_b, MemorySink(), WorkerMetrics(), CFG)
+    for tick in ticks(msgs[600:900], [64]):
+        eng_b.process(tick)
+    want = forecasts(eng_b.sink)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+    # back to the first model: its own records are older than the second's → rebuilt
+    eng.switch_model(Forecaster(load_artifact(tiny_model)), committed.append)
+    eng.process(msgs[900:901])
+    assert eng.metrics.state_loaded.labels(outcome="rebuilt")._value.get() == 3 + 1
+    assert eng.metrics.state_loaded.labels(outcome="restored")._value.get() == 0
+
+
 def test_zombie_write_is_refused_and_dropped(tiny_model: Path, synth_csv: Path) -> None:
     df = frame(synth_csv)
     msgs = to_messages(frame_events(df, ["f0", "f1"]), partitions=1)
