@@ -51,7 +51,7 @@ RULES = "deploy/prometheus/rules/stream-lstm.yml"
 def test_alert_rules_are_valid() -> None:
     res = run("promtool", "check", "rules", RULES)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "7 rules found" in res.stdout
+    assert "8 rules found" in res.stdout
 
 
 def test_alert_rules_fire_on_their_series_and_stay_silent_otherwise() -> None:
