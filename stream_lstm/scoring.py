@@ -176,16 +176,19 @@ class Scorer:
         assert cache.score is not None
         sc = cache.score
         R, S, n_t = self.horizon, len(self.steps), len(self.targets)
-        K = len(g.slots)
         before = cache.count[g.slots] - g.counts  # events applied before this tick, per key
         # each key's event times: its last R stored events (oldest first), then this tick's
         ring_pos = (before[:, None] + np.arange(R)[None, :]) % R  # [K, R]
-        ext_ts = np.full((K, R + int(g.counts.max())), NO_TS, np.int64)
-        ext_ts[:, :R] = sc["fring_ts"][g.slots[:, None], ring_pos]
-        ext_ts[g.kpos, R + g.pos] = ts
-        # the R events before each event, and which of them forecast its time at a scored step
-        cols = g.pos[:, None] + np.arange(R)[None, :]  # [n, R] in ext coordinates
-        prev_ts = ext_ts[g.kpos[:, None], cols]
+        stored_ts = sc["fring_ts"][g.slots[:, None], ring_pos]  # [K, R]
+        # the R events before each event (column c < R: stored; else this tick's event
+        # c - R of the key), and which of them forecast its time at a scored step
+        cols = g.pos[:, None] + np.arange(R)[None, :]  # [n, R]
+        kp = g.kpos[:, None]
+        prev_ts = np.where(
+            cols < R,
+            stored_ts[kp, np.minimum(cols, R - 1)],
+            ts[g.first[kp] + np.maximum(cols - R, 0)],
+        )
         dt = ts[:, None] - prev_ts
         step = np.where((prev_ts != NO_TS) & (dt > 0) & (dt % self.interval_ms == 0),
                         dt // self.interval_ms, 0)  # fmt: skip
