@@ -290,3 +290,13 @@ def test_old_format_records_are_rebuilt(tiny_model: Path, synth_csv: Path) -> No
         "stream_lstm_state_loads_total", {"outcome": "rebuilt"}
     )
     assert np.isfinite(eng.cache.h).all()
+
+
+def test_score_steps_beyond_the_horizon_are_refused_at_start(tiny_model: Path) -> None:
+    from stream_lstm.assembly import check_model
+    from stream_lstm.config import WorkerSettings, build_settings
+    from stream_lstm.errors import ConfigError
+
+    s = build_settings(WorkerSettings, None, model=tiny_model, score_steps="1,48")
+    with pytest.raises(ConfigError, match=r"--score-steps: .*outside the model's horizon 1\.\.6"):
+        check_model(s, Forecaster(load_artifact(tiny_model)))
