@@ -145,20 +145,23 @@ class RedisStateStore:
     def use_layout(self, layout: Layout) -> None:
         """Store a new model version's states from now on (a hot model switch): register the
         version, so its keys fall back to the records of the one before."""
-        self.layout, self.version = layout, layout.version
         try:
-            self.previous_version = self._register_version()
+            previous = self._register_version(layout.version)
         except redis.RedisError as e:
             raise StateError(f"registering model version {layout.version}: {e}") from None
+        self.layout, self.version, self.previous_version = layout, layout.version, previous
 
-    def _register_version(self) -> str | None:
+    def _register_version(self, version: str | None = None) -> str | None:
+        """Append ``version`` (default: this store's) to the version list; returns the last
+        other version that wrote state before it."""
+        version = version or self.version
         key = f"{self.namespace}:versions"
         seen = [
             v.decode() if isinstance(v, bytes) else str(v) for v in self.client.lrange(key, 0, -1)
         ]
-        if not seen or seen[-1] != self.version:
-            self.client.rpush(key, self.version)
-        older = [v for v in seen if v != self.version]
+        if not seen or seen[-1] != version:
+            self.client.rpush(key, version)
+        older = [v for v in seen if v != version]
         return older[-1] if older else None
 
     def record_key(self, key: str, version: str | None = None) -> str:
