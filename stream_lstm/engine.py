@@ -528,6 +528,11 @@ class Engine:
             self._writer.close()
             self._writer = None
 
+    def forget_offsets(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop the pending offsets of ``partitions`` (a refused commit); states stay cached."""
+        for tp in partitions:
+            self.pending.pop(tp, None)
+
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> int:
         """Forget the keys and pending offsets of partitions this worker no longer owns."""
         tps = set(partitions)

@@ -132,11 +132,15 @@ class Worker:
             err = e.args[0] if e.args else None
             code = err.code() if isinstance(err, KafkaError) else None
             if code in FENCED:
-                # this worker lost its partitions (e.g. it was paused past its session
-                # timeout): forget its cached state; the group will hand out partitions again
-                log.warning("offset commit refused (%s): partitions were reassigned", err)
+                # a rebalance is under way, or this worker was paused past its session timeout.
+                # Forget these offsets (committed later by a newer tick while we own the
+                # partitions; never committed stale once they moved), but keep the cached
+                # states: they hold events applied since the last write, and the rebalance
+                # callbacks (revoke, lost) drop the keys of partitions that really moved. The
+                # conditional state write stops a zombie from overwriting newer states.
+                log.warning("offset commit refused (%s): a rebalance is under way", err)
                 self.metrics.commits.labels(outcome="fenced").inc()
-                self.engine.drop_partitions(list(offsets))
+                self.engine.forget_offsets(list(offsets))
             else:
                 self.metrics.commits.labels(outcome="failed").inc()
             raise KafkaClientError(f"offset commit failed: {err}", err) from None

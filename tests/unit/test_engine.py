@@ -255,3 +255,42 @@ def test_zombie_write_is_refused_and_dropped(tiny_model: Path, synth_csv: Path) 
     assert len(zombie.cache) == 0
     stored = {k: decode_any(v).last_offset for k, v in store.data.items()}  # type: ignore[union-attr]
     assert max(stored.values()) == 199
+
+
+def test_a_fenced_commit_keeps_the_states_applied_since_the_last_write(
+    tiny_model: Path, synth_csv: Path
+) -> None:
+    """A commit refused with ILLEGAL_GENERATION (a cooperative rebalance under way, partitions
+    still ours) must not evict dirty states: the consumer does not rewind, so events applied
+    since the last write would be lost from the state (seen once in the zombie chaos test)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from stream_lstm.errors import KafkaClientError
+    from stream_lstm.worker import Worker
+
+    msgs = to_messages(frame_events(frame(synth_csv), ["f0", "f1"]), partitions=1)
+    eng, store, _ = make_engine(tiny_model)
+    eng.process(msgs[:30])
+    eng.commit_cycle(lambda o: None)  # states written, offsets committed
+    eng.process(msgs[30:36])  # applied, not yet written
+
+    class FencedConsumer:
+        def commit(self, offsets: object, asynchronous: bool) -> None:
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+
+    w = object.__new__(Worker)
+    w.engine, w.metrics, w.consumer = eng, eng.metrics, FencedConsumer()  # type: ignore[assignment]
+    with pytest.raises(KafkaClientError):
+        eng.commit_cycle(w._commit)
+    assert not eng.pending, "the refused offsets are forgotten (never committed stale later)"
+    assert len(eng.cache) == 3, "the cached states stay"
+    eng.process(msgs[36:40])
+    eng.commit_cycle(lambda o: None)
+    ref, ref_store, _ = make_engine(tiny_model)
+    ref.process(msgs[:40])
+    ref.commit_cycle(lambda o: None)
+    for key in {m.key.decode() for m in msgs[:40] if m.key}:
+        got, want = decode_any(store.record(key) or b""), decode_any(ref_store.record(key) or b"")
+        assert got is not None and want is not None
+        assert got.count == want.count
+        np.testing.assert_allclose(got.h, want.h, atol=1e-6)
