@@ -68,7 +68,6 @@ class EngineParts:
     """The engine and what it stands on, plus what both runtimes do around it: start-up
     (Redis, topics, metrics server), the start-up log, and the /healthz and /readyz probes."""
 
-    forecaster: Forecaster
     device: torch.device
     store: RedisStateStore
     sink: KafkaSink
@@ -78,6 +77,11 @@ class EngineParts:
     last_beat: float = field(default_factory=time.monotonic)
     _next_poll: float = field(default_factory=time.monotonic)
     _refused: str = ""  # a version that does not fit these settings: not retried
+
+    @property
+    def forecaster(self) -> Forecaster:
+        """The model the engine runs (a hot switch replaces it)."""
+        return self.engine.fc
 
     def beat(self) -> None:
         """The driver's loop is alive (read by /healthz)."""
@@ -128,7 +132,6 @@ class EngineParts:
         old = self.forecaster.version
         t0 = time.perf_counter()
         dropped = self.engine.switch_model(new, commit)
-        self.forecaster = new
         metrics.model_switches.inc()
         log.info(
             "model switched %s → %s (%s, H=%d) in %.2f s: %d cached keys dropped; their states "
@@ -232,7 +235,7 @@ def build_engine(
         ),
         retry=retry,
     )
-    parts = EngineParts(forecaster, device, store, sink, engine)
+    parts = EngineParts(device, store, sink, engine)
     retry.beat = parts.beat  # a loop waiting for Redis is alive, not hung
     return parts
 

@@ -169,12 +169,11 @@ class Engine:
         key is loaded again from Redis (rebuilt from its stored window, DESIGN.md's policy)."""
         self.fc = forecaster
         self.mcfg = mc = forecaster.config
-        dc = self._decoder_cfg or DecoderConfig(
-            features=tuple(mc.features), allowed_extra=tuple(mc.targets)
+        # the given limits (or the defaults), the model's columns
+        base = self._decoder_cfg or DecoderConfig(features=())
+        self.decoder = Decoder(
+            replace(base, features=tuple(mc.features), allowed_extra=tuple(mc.targets))
         )
-        if self._decoder_cfg is not None:  # keep the limits, follow the model's columns
-            dc = replace(dc, features=tuple(mc.features), allowed_extra=tuple(mc.targets))
-        self.decoder = Decoder(dc)
         self.runner = TickRunner(forecaster.module, forecaster.device)
         self.scorer = scorer_for(forecaster, self.cfg.scoring)
         self.layout = layout_for(forecaster, self.cfg.scoring)

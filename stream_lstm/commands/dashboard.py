@@ -9,10 +9,11 @@ import threading
 from types import FrameType
 
 from stream_lstm.commands.replay import kafka_option_pairs
+from stream_lstm.config import WorkerSettings
 from stream_lstm.errors import ConfigError
 
-DEFAULT_INPUT_TOPIC = "events"  # as WorkerSettings.input_topic
-DEFAULT_OUTPUT_TOPIC = "forecasts"  # as WorkerSettings.output_topic
+DEFAULT_INPUT_TOPIC = WorkerSettings.model_fields["input_topic"].default
+DEFAULT_OUTPUT_TOPIC = WorkerSettings.model_fields["output_topic"].default
 
 
 def _positive(text: str) -> int:

@@ -147,6 +147,17 @@ def test_late_and_duplicate_events_are_dead_lettered(tiny_model: Path) -> None:
     )
 
 
+def retrained(model: Path, out: Path) -> Path:
+    """A "retrain": the same architecture with other weights is another version."""
+    shutil.copytree(model, out)
+    a = load_artifact(out)
+    with torch.no_grad():
+        for p in a.module.parameters():
+            p.mul_(1.01)
+    save_artifact(out, a.config, a.module, a.scaler)
+    return out
+
+
 def test_a_new_model_version_rebuilds_state_from_the_window(
     tiny_model: Path, synth_csv: Path, tmp_path: Path
 ) -> None:
@@ -157,15 +168,7 @@ def test_a_new_model_version_rebuilds_state_from_the_window(
     for tick in ticks(msgs[:600], [64]):
         eng.process(tick)
     eng.commit_cycle(lambda o: None)
-    # "retrain": the same architecture with other weights is another version
-    v2 = tmp_path / "v2"
-    shutil.copytree(tiny_model, v2)
-    a = load_artifact(v2)
-    with torch.no_grad():
-        for p in a.module.parameters():
-            p.mul_(1.01)
-    save_artifact(v2, a.config, a.module, a.scaler)
-    fc2 = Forecaster(load_artifact(v2))
+    fc2 = Forecaster(load_artifact(retrained(tiny_model, tmp_path / "v2")))
     assert fc2.version != eng.fc.version
     store2 = MemoryStore(layout_for(fc2), previous_version=eng.fc.version, data=store.data)
     eng2 = Engine(fc2, store2, MemorySink(), WorkerMetrics(), CFG)
@@ -199,13 +202,7 @@ def test_hot_switch_equals_a_restart_with_the_new_model(
     switch back to the first version rebuilds from the second's newer records, not from its own
     stale ones."""
     if second == "tiny_model_v2":
-        model_b = tmp_path / "v2"
-        shutil.copytree(tiny_model, model_b)
-        a = load_artifact(model_b)
-        with torch.no_grad():
-            for p in a.module.parameters():
-                p.mul_(1.01)
-        save_artifact(model_b, a.config, a.module, a.scaler)
+        model_b = retrained(tiny_model, tmp_path / "v2")
     else:
         model_b = request.getfixturevalue(second)
     msgs = to_messages(frame_events(frame(synth_csv), ["f0", "f1"]))
