@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import repeat
 from operator import attrgetter
@@ -39,10 +39,13 @@ REASONS = (
     "oversized_message",
     "not_utf8",
     "not_json",
+    "too_deep",
+    "undecodable",
     "wrong_type",
     "missing_field",
     "bad_key",
     "oversized_key",
+    "null_key",
     "key_mismatch",
     "bad_timestamp",
     "future_timestamp",
@@ -102,6 +105,17 @@ class MessageBatch:
             timestamps=np.fromiter((m.timestamp_ms for m in msgs), np.int64, n),
         )
 
+    def take(self, idx: np.ndarray) -> MessageBatch:
+        """The messages at positions ``idx``, as a batch of their own."""
+        return MessageBatch(
+            topic=self.topic,
+            keys=[self.keys[i] for i in idx.tolist()],
+            values=[self.values[i] for i in idx.tolist()],
+            partitions=self.partitions[idx],
+            offsets=self.offsets[idx],
+            timestamps=self.timestamps[idx],
+        )
+
     def message(self, i: int) -> InMessage:
         return InMessage(
             self.keys[i],
@@ -132,6 +146,8 @@ class DecodedBatch:
     # [n, X] float32: the allowed extra columns that are not features (e.g. targets sent as
     # actuals), NaN where an event did not send one; None when there are none
     extra: np.ndarray | None = None
+    # [n, F] bool: features the event did not send (missing="ffill" only; None when none)
+    missing: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -143,17 +159,32 @@ class DecoderConfig:
     max_key_bytes: int = 256
     max_future_ms: int = 86_400_000  # a timestamp further ahead of the wall clock is refused
     check_message_key: bool = True  # the Kafka key must equal the payload's key
+    # a feature missing from `values` (or null): "dlq" dead-letters the event; "ffill" decodes
+    # it as NaN and the engine carries the key's last value forward (Engine._fill_missing)
+    missing: str = "dlq"
+
+
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 class Decoder:
-    """Turns a :class:`MessageBatch` into a :class:`DecodedBatch` without raising."""
+    """Turns a :class:`MessageBatch` into a :class:`DecodedBatch` without raising.
+
+    Decoding is a function of each message alone: a message decodes the same way whatever
+    else is in its tick (after a crash, ticks regroup).
+    """
 
     def __init__(self, cfg: DecoderConfig) -> None:
         self.cfg = cfg
         extra = [x for x in dict.fromkeys(cfg.allowed_extra) if x not in cfg.features]
+        feature_fields: list[Any] = (
+            [(f, float | None, None) for f in cfg.features]
+            if cfg.missing == "ffill"
+            else [(f, float) for f in cfg.features]
+        )
         values_type = msgspec.defstruct(
             "Values",
-            [(f, float) for f in cfg.features] + [(x, float | None, None) for x in extra],
+            feature_fields + [(x, float | None, None) for x in extra],
             forbid_unknown_fields=not cfg.allow_unknown,
             gc=False,  # thousands per tick, never in a cycle: keep them out of the cyclic GC
         )
@@ -167,8 +198,31 @@ class Decoder:
         self._extra = attrgetter(*extra) if len(extra) > 1 else None
 
     def decode_batch(self, batch: MessageBatch, now_ms: int | None = None) -> DecodedBatch:
-        cfg = self.cfg
+        """Never raises: a message whose decoding fails in an unforeseen way is dead-lettered
+        alone (the tick is decoded again one message at a time to find it)."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
+        try:
+            return self._decode(batch, now)
+        except Exception:
+            parts = []
+            for i in range(len(batch)):
+                one = batch.take(np.asarray([i]))
+                try:
+                    dec = self._decode(one, now)
+                except Exception as e:
+                    detail = f"{type(e).__name__}: {e}"
+                    dec = DecodedBatch(
+                        np.zeros(0, np.int64), [], np.zeros(0, np.int64),
+                        np.zeros((0, self._n_features), np.float32),
+                        [BadEvent(0, "undecodable", detail)],
+                        None if not self.extra_names
+                        else np.zeros((0, len(self.extra_names)), np.float32),
+                    )  # fmt: skip
+                parts.append((i, dec))
+            return _concat(parts, self._n_features, len(self.extra_names))
+
+    def _decode(self, batch: MessageBatch, now: int) -> DecodedBatch:
+        cfg = self.cfg
         bad: list[BadEvent] = []
         events: list[Any] = []
         idx: list[int] = []
@@ -179,7 +233,7 @@ class Decoder:
                 try:
                     events.append(decode(raw))
                     idx.append(i)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+                except Exception as e:  # msgspec's errors, and e.g. RecursionError (deep nesting)
                     bad.append(_classify(i, raw, e))
             elif raw is None:
                 bad.append(BadEvent(i, "tombstone", "message has no value (a tombstone)"))
@@ -196,12 +250,16 @@ class Decoder:
             if get
             else [(getattr(v, cfg.features[0]),) for v in values_of]
         )
+        # (with missing="ffill" a feature not sent is None: numpy makes it NaN)
         values = np.asarray(rows, dtype=np.float64).reshape(n, self._n_features)
         raw_ts = [e.ts for e in events]
-        try:  # all epoch-ms ints: the usual case, one conversion
-            ts = np.asarray(raw_ts, dtype=np.int64)
-            ts[(ts < 0) | (ts >= MAX_TS)] = -1
-        except (TypeError, ValueError, OverflowError):  # ISO strings (or absurd numbers) among them
+        if str not in set(map(type, raw_ts)):  # all epoch-ms ints: one conversion
+            try:
+                ts = np.asarray(raw_ts, dtype=np.int64)
+                ts[(ts < 0) | (ts >= MAX_TS)] = -1
+            except OverflowError:  # beyond int64: absurd, refused below
+                ts = np.fromiter((_parse_or_neg(t) for t in raw_ts), np.int64, n)
+        else:  # a string is ISO 8601, always (never digits read as epoch ms)
             ts = np.fromiter((_parse_or_neg(t) for t in raw_ts), np.int64, n)
         ok = np.ones(n, bool)
 
@@ -221,29 +279,39 @@ class Decoder:
                     f"key longer than {cfg.max_key_bytes} bytes",
                 )
             if cfg.check_message_key:
-                # (a trailing None keeps numpy from building a 2-D array of bytes)
-                given = np.asarray([*(batch.keys[i] for i in idx), None], dtype=object)[:-1]
-                ours = np.asarray([*map(str.encode, keys), None], dtype=object)[:-1]
-                absent = np.fromiter((g is None for g in given), bool, n)
+                given = [batch.keys[i] for i in idx]
                 refuse(
-                    np.asarray((given != ours) & ~absent),
+                    np.fromiter((g is None for g in given), bool, n),
+                    "null_key",
+                    "the Kafka message key is null: key each event by its entity key, so that "
+                    "one key's events stay in one partition, in order",
+                )
+                # (a trailing None keeps numpy from building a 2-D array of bytes)
+                g = np.asarray([*given, None], dtype=object)[:-1]
+                ours = np.asarray([*map(str.encode, keys), None], dtype=object)[:-1]
+                refuse(
+                    np.asarray(g != ours),
                     "key_mismatch",
                     "the Kafka message key differs from the event's key",
                 )
-        refuse(ts < 0, "bad_timestamp", lambda j: f"cannot parse ts {raw_ts[j]!r}")
+        refuse(ts < 0, "bad_timestamp", lambda j: _ts_problem(raw_ts[j]))
         if cfg.max_future_ms >= 0:
             refuse(
                 ts > now + cfg.max_future_ms,
                 "future_timestamp",
                 f"ts more than {cfg.max_future_ms} ms ahead",
             )
+        # finite as float32, the type the model and the state hold (1e39 is finite in float64)
+        outside = np.abs(values) > F32_MAX
+        missing = np.isnan(values)  # only with missing="ffill" (a JSON number is never NaN)
         refuse(
-            np.asarray(~np.isfinite(values).all(axis=1)),
+            np.asarray(outside.any(axis=1)),
             "non_finite_value",
-            "a feature is NaN or infinite",
+            lambda j: (
+                "a feature is outside the float32 range (±3.4e38): "
+                + ", ".join(f for f, o in zip(cfg.features, outside[j], strict=True) if o)
+            ),
         )
-        keep = np.flatnonzero(ok)
-        bad.sort(key=lambda b: b.index)
         extra = None
         if self.extra_names:
             get_x = self._extra
@@ -252,18 +320,58 @@ class Decoder:
                 if get_x
                 else [(getattr(v, self.extra_names[0]),) for v in values_of]
             )
-            extra = np.asarray(
-                [[np.nan if x is None else x for x in r] for r in x_rows], dtype=np.float64
-            ).reshape(n, len(self.extra_names))[keep]
-            extra = extra.astype(np.float32)
+            extra = np.asarray(x_rows, dtype=np.float64).reshape(n, len(self.extra_names))
+            refuse(
+                np.asarray((np.abs(extra) > F32_MAX).any(axis=1)),
+                "non_finite_value",
+                "an actual (a target sent in values) is outside the float32 range (±3.4e38)",
+            )
+        keep = np.flatnonzero(ok)
+        bad.sort(key=lambda b: b.index)
         return DecodedBatch(
             index=np.asarray(idx, dtype=np.int64)[keep],
             keys=[keys[j] for j in keep] if len(keep) < n else keys,
             ts=ts[keep],
             values=values[keep].astype(np.float32),
             bad=bad,
-            extra=extra,
+            extra=None if extra is None else extra[keep].astype(np.float32),
+            missing=missing[keep] if cfg.missing == "ffill" and missing.any() else None,
         )
+
+
+def _concat(parts: list[tuple[int, DecodedBatch]], n_features: int, n_extra: int) -> DecodedBatch:
+    """One-message batches (``(position in the tick, decoded)``) joined back into one."""
+    keep = [(i, d) for i, d in parts if len(d.index)]
+    n = len(keep)
+    missing = [
+        d.missing if d.missing is not None else np.zeros((1, n_features), bool) for _, d in keep
+    ]
+    return DecodedBatch(
+        index=np.asarray([i for i, _ in keep], np.int64),
+        keys=[d.keys[0] for _, d in keep],
+        ts=np.asarray([d.ts[0] for _, d in keep], np.int64),
+        values=np.concatenate([d.values for _, d in keep]).reshape(n, n_features)
+        if n
+        else np.zeros((0, n_features), np.float32),
+        bad=[replace(b, index=i) for i, d in parts for b in d.bad],
+        extra=None
+        if not n_extra
+        else (
+            np.concatenate([d.extra for _, d in keep if d.extra is not None]).reshape(n, n_extra)
+            if n
+            else np.zeros((0, n_extra), np.float32)
+        ),
+        missing=np.concatenate(missing) if any(d.missing is not None for _, d in keep) else None,
+    )
+
+
+def _ts_problem(ts: int | str) -> str:
+    if isinstance(ts, str) and ts.strip().lstrip("-").isdigit():
+        return (
+            f"cannot parse ts {ts!r}: a string ts must be ISO 8601; send epoch milliseconds as "
+            "a JSON number"
+        )
+    return f"cannot parse ts {ts!r}"
 
 
 def _parse_or_neg(ts: int | str) -> int:
@@ -278,6 +386,10 @@ def _classify(i: int, v: bytes, e: Exception) -> BadEvent:
     except UnicodeDecodeError as ue:
         return BadEvent(i, "not_utf8", str(ue))
     msg = str(e)
+    if isinstance(e, RecursionError):
+        return BadEvent(i, "too_deep", f"JSON nested too deeply to decode ({msg})")
+    if not isinstance(e, msgspec.DecodeError | msgspec.ValidationError | UnicodeDecodeError):
+        return BadEvent(i, "undecodable", f"{type(e).__name__}: {msg}")
     if isinstance(e, msgspec.ValidationError):
         if "missing required field" in msg:
             return BadEvent(i, "missing_feature" if "`$.values`" in msg else "missing_field", msg)

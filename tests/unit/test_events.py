@@ -31,6 +31,10 @@ T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 H = 3_600_000
 OK = {"f0": 1.0, "f1": 2.0}
 
+# 1,000 levels of nesting in an unknown field (2 KB): a RecursionError once crash-looped the worker
+DEEP = (
+    b'{"key": "a", "ts": 1, "values": {"f0": 1, "f1": 2}, "x": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+)
 # (reason, Kafka key, value) — one bad message per row of the catalogue
 CATALOGUE: list[tuple[str, bytes | None, bytes | None]] = [
     ("not_json", b"a", b"{not json"),
@@ -40,6 +44,7 @@ CATALOGUE: list[tuple[str, bytes | None, bytes | None]] = [
         b"a",
         encode_event("a", T0 + 10 * H, OK) + b"," + encode_event("a", T0 + 11 * H, OK),
     ),
+    ("too_deep", b"a", DEEP),
     ("not_utf8", b"a", b'{"key": "a", "ts": 1, "values": {"f0": "\xff\xfe"}}'),
     ("not_utf8", b"a", b"\xff\xfe\xfd"),
     ("wrong_type", b"a", b'{"key": "a", "ts": 1704067200000, "values": {"f0": "x", "f1": 2}}'),
@@ -67,13 +72,17 @@ CATALOGUE: list[tuple[str, bytes | None, bytes | None]] = [
         b"a",
         b'{"key": "a", "ts": 1704067200000, "values": {"f0": -1e999, "f1": 1}}',
     ),
+    ("non_finite_value", b"a", encode_event("a", T0, {"f0": 1e39, "f1": 1.0})),  # inf in float32
+    ("non_finite_value", b"a", encode_event("a", T0, {"f0": 1.0, "f1": -1e308})),
     ("bad_timestamp", b"a", encode_event("a", "last tuesday", OK)),
+    ("bad_timestamp", b"a", encode_event("a", "1704067200000", OK)),  # epoch ms as a string
     ("bad_timestamp", b"a", encode_event("a", -5, OK)),
     ("future_timestamp", b"a", encode_event("a", 4_102_444_800_000, OK)),  # 2100
     ("oversized_message", b"a", encode_event("a", T0, {**OK, "pad": "x" * 70_000})),  # type: ignore[dict-item]
     ("oversized_key", b"k" * 300, encode_event("k" * 300, T0, OK)),
     ("bad_key", b"", encode_event("", T0, OK)),
     ("key_mismatch", b"b", encode_event("a", T0, OK)),
+    ("null_key", None, encode_event("a", T0, OK)),  # would land in any partition
     ("empty", b"a", b""),
     ("tombstone", b"a", None),
 ]
@@ -153,7 +162,8 @@ def test_late_policy_drop_counts_without_dead_letter(forecaster: Forecaster) -> 
 
 
 def test_every_reason_in_the_catalogue_is_documented() -> None:
-    assert {r for r, _, _ in CATALOGUE} | {"late", "duplicate"} == set(REASONS)
+    # (undecodable: an unforeseen error, forced in tests/unit/test_reliability.py)
+    assert {r for r, _, _ in CATALOGUE} | {"late", "duplicate", "undecodable"} == set(REASONS)
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for r in REASONS:
         assert f"`{r}`" in readme, f"reason {r} is not documented in the README"
