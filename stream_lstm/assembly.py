@@ -10,16 +10,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import torch
 
 from stream_lstm.config import WorkerSettings, redact_url
 from stream_lstm.engine import Engine, EngineConfig, Offsets, layout_for
-from stream_lstm.errors import ConfigError, ModelError, StateError
+from stream_lstm.errors import ConfigError, ModelError, StateError, StreamLSTMError
 from stream_lstm.events import DecoderConfig
-from stream_lstm.kafka import KafkaSink, check_topics
+from stream_lstm.kafka import (
+    KafkaSink,
+    check_topics,
+    make_admin,
+    max_message_bytes,
+    topic_id,
+)
 from stream_lstm.metrics import HealthServer, WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
@@ -77,6 +83,8 @@ class EngineParts:
     last_beat: float = field(default_factory=time.monotonic)
     _next_poll: float = field(default_factory=time.monotonic)
     _refused: str = ""  # a version that does not fit these settings: not retried
+    _admin: Any = None  # reads the input topic's id (a re-created topic has a new one)
+    _input_topic: str = ""
 
     @property
     def forecaster(self) -> Forecaster:
@@ -142,16 +150,43 @@ class EngineParts:
         return True
 
     def start(self, s: WorkerSettings, metrics: WorkerMetrics) -> int:
-        """Connect Redis, start the state writer, check the topics, serve metrics; returns the
-        input topic's partition count."""
+        """Connect Redis, start the state writer, check the topics (and that a forecast fits
+        in them), serve metrics; returns the input topic's partition count."""
         self.store.connect(retry_s=s.redis_connect_timeout_s)
         self.engine.start_writer()
-        topics = [s.input_topic, s.output_topic, s.dlq_topic]
-        if s.alerts_topic:
-            topics.append(s.alerts_topic)
-        partitions = check_topics(s.bootstrap, s.kafka_options, topics)[s.input_topic]
+        outputs = [s.output_topic, s.dlq_topic] + ([s.alerts_topic] if s.alerts_topic else [])
+        partitions = check_topics(s.bootstrap, s.kafka_options, [s.input_topic, *outputs])
+        self._admin = make_admin(s.bootstrap, s.kafka_options)
+        self._input_topic = s.input_topic
+        self.engine.set_topic_id(topic_id(self._admin, s.input_topic))
+        self.engine.topic_id_now = lambda topic: topic_id(self._admin, topic)
+        limits = max_message_bytes(self._admin, outputs)
+        limit = min(self.sink.max_message_bytes, *limits.values())
+        self.engine.cfg = replace(self.engine.cfg, max_output_bytes=limit)
+        largest = self.engine.largest_forecast_bytes(s.max_key_bytes)
+        if largest > limit:
+            raise ConfigError(
+                f"a forecast of model {self.forecaster.version} can take {largest} bytes, more "
+                f"than the output topics and producer accept ({limit} bytes: max.message.bytes "
+                f"of {', '.join(f'{t}={n}' for t, n in limits.items())}, producer "
+                f"message.max.bytes={self.sink.max_message_bytes}); raise those limits or lower "
+                "--max-key-bytes"
+            )
         self.health = serve_metrics(s, metrics, self.healthy, self.readyz)
-        return partitions
+        return partitions[s.input_topic]
+
+    def check_input_topic(self) -> None:
+        """Every few seconds: a new topic id means the input topic was re-created even if the
+        consumer's offsets did not go back (the engine resets its offset guard)."""
+        if self._admin is None:
+            return
+        try:
+            now = topic_id(self._admin, self._input_topic, timeout_s=2.0)
+        except StreamLSTMError as e:
+            log.debug("input topic id: %s", e)
+            return
+        if now != self.engine.topic_id and now != bytes(16):
+            self.engine.input_topic_recreated(self._input_topic, now, "found by the periodic check")
 
     def log_started(self, s: WorkerSettings, runtime: str, partitions: int) -> None:
         cfg = self.forecaster.config
@@ -232,6 +267,7 @@ def build_engine(
             max_message_bytes=s.max_message_bytes,
             max_key_bytes=s.max_key_bytes,
             max_future_ms=s.max_future_ms,
+            missing=s.missing,
         ),
         retry=retry,
     )

@@ -277,6 +277,7 @@ class WorkerSettings(Settings):
     threads: Annotated[int, Field(ge=1)] | None = None
     state_ttl_s: Annotated[int, Field(ge=0)] = 7 * 86_400
     late_policy: Literal["dlq", "drop"] = "dlq"
+    missing: Literal["dlq", "ffill"] = "dlq"  # a feature an event did not send (or sent null)
     max_future_ms: int = 86_400_000
     max_message_bytes: Annotated[int, Field(ge=64)] = 65_536
     max_key_bytes: Annotated[int, Field(ge=1)] = 256

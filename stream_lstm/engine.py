@@ -21,6 +21,7 @@ import pandas as pd
 
 from stream_lstm.data.loading import format_interval
 from stream_lstm.events import (
+    DecodedBatch,
     Decoder,
     DecoderConfig,
     ForecastEncoder,
@@ -32,12 +33,13 @@ from stream_lstm.inference import TickRunner
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.scoring import Scorer, ScoringConfig, TickGroups, TickScores, encode_alert
-from stream_lstm.state import NO_TS, Layout, Snapshot, StateCache
+from stream_lstm.state import NO_TOPIC, NO_TS, Layout, Snapshot, StateCache
 from stream_lstm.state_redis import SaveResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Offsets = dict[tuple[str, int], int]  # (topic, partition) → next offset to consume
+STORE_CHECK_S = 5.0  # an idle worker checks the store for a wipe this often
 
 
 class Sink(Protocol):
@@ -65,6 +67,9 @@ class StateStore(Protocol):
 
     def use_layout(self, layout: Layout) -> None: ...
 
+    def wiped(self) -> bool:
+        """True once after a load or save found the store wiped (its epoch marker gone)."""
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -73,6 +78,9 @@ class EngineConfig:
     late_policy: str = "dlq"  # "dlq": dead-letter late events; "drop": count and drop them
     scoring: ScoringConfig | None = None  # live forecast scoring (None or steps "none": off)
     alerts_topic: str | None = None  # where excursion alerts go (None: counted, not sent)
+    # the largest message the producer and the output topics take: a dead letter of a larger
+    # message keeps its headers and a truncated value (a `truncated` header says how long)
+    max_output_bytes: int = 1_000_000
 
 
 def scorer_for(fc: Forecaster, scoring: ScoringConfig | None) -> Scorer | None:
@@ -100,6 +108,7 @@ def _once(fn: Callable[[], T]) -> T:
 class _CommitJob:
     snapshot: Snapshot
     offsets: Offsets
+    topic_id: bytes = NO_TOPIC  # the input topic's incarnation the offsets belong to
 
 
 class _StateWriter:
@@ -161,6 +170,17 @@ class Engine:
         self._decoder_cfg = decoder_cfg
         self.pending: Offsets = {}
         self._writer: _StateWriter | None = None
+        # why nothing may be committed any more (a crash path), or None
+        self.halted: str | None = None
+        # the input topic's id (its incarnation; NO_TOPIC: unknown), and how the driver reads
+        # the current one (called when offsets go back without a seek: was it re-created?)
+        self.topic_id = NO_TOPIC
+        self.topic_id_now: Callable[[str], bytes] | None = None
+        self._consumed: Offsets = {}  # highest offset handed to process() per partition
+        # per partition, where consuming must start again to redo everything not committed:
+        # the last committed offset, else the first offset consumed (see rewind)
+        self.resume_at: Offsets = {}
+        self._last_store_check = time.monotonic()
         self.use_model(forecaster)
 
     def use_model(self, forecaster: Forecaster) -> None:
@@ -180,6 +200,7 @@ class Engine:
         init_h, init_c = self._initial_state()
         # stateful models read windows only to rebuild: those stay in Redis, not in memory
         self.cache = StateCache(self.layout, init_h, init_c, keep_windows=not mc.stateful)
+        self.cache.topic_id = self.topic_id
         self.interval = format_interval(mc.interval_ms)
         self._encoder = ForecastEncoder(
             forecaster.version, self.interval, mc.interval_ms, list(mc.targets), list(mc.quantiles)
@@ -189,6 +210,22 @@ class Engine:
              "targets": ",".join(mc.targets), "horizon": str(mc.horizon), "interval": self.interval}
         )  # fmt: skip
         self.metrics.cached_keys.set(0)
+
+    def largest_forecast_bytes(self, max_key_bytes: int) -> int:
+        """The largest forecast message this model can publish, with the Kafka key: a key of
+        ``max_key_bytes`` control characters (each escaped in JSON), every number at its
+        longest."""
+        mc = self.mcfg
+        longest = -1.2345679e-38  # 14 characters: the longest float32 in its shortest form
+        point = np.full((1, len(mc.targets), mc.horizon), longest, np.float32)
+        quant = (
+            np.full((1, len(mc.targets), len(mc.quantiles), mc.horizon), longest, np.float32)
+            if mc.quantiles
+            else None
+        )
+        key = "\x01" * max_key_bytes
+        msg = self._encoder.encode([key], [2**53 - 1], point, quant, [2**31 - 1], [2**63 - 1])
+        return len(msg[0]) + max_key_bytes + 128  # + the Kafka key and the record's overhead
 
     def switch_model(self, forecaster: Forecaster, commit: Callable[[Offsets], None]) -> int:
         """A hot model switch, between ticks: a whole commit cycle (every forecast so far
@@ -217,6 +254,7 @@ class Engine:
             return
         m = self.metrics
         t0 = time.perf_counter()
+        self._track_offsets(batch)  # first: offsets that went back may mean a re-created topic
         dec = self.decoder.decode_batch(batch)
         keys = np.asarray(dec.keys, dtype=object)
         codes, uniq = pd.factorize(keys)  # key id per event, unique keys in first-seen order
@@ -227,15 +265,17 @@ class Engine:
         # side effect has happened yet, so the driver can retry the whole tick)
         first = np.unique(codes, return_index=True)[1] if len(codes) else np.empty(0, int)
         slots_u = self._slots_for(list(uniq), parts[first])
+        if self.store.wiped():
+            self._after_wipe()
         t2 = time.perf_counter()
 
         m.events_in.inc(len(batch))
         m.tick_size.observe(len(batch))
-        self._track_offsets(batch)
         for b in dec.bad:
             self._dead_letter(batch, b.index, b.reason, b.detail)
 
         # per key in arrival order; drop what was applied before a crash, then late/duplicate
+        self._follow_moved_keys(slots_u, codes, parts, uniq)
         order = np.argsort(codes, kind="stable")
         slot_ev = slots_u[codes]
         fresh = offs[order] > self.cache.last_offset[slot_ev[order]]
@@ -253,6 +293,10 @@ class Engine:
                 batch, dec.index[i], "duplicate", "same time as the key's last applied event"
             )
         a_idx = s_idx[~late & ~dup]
+        sent = dec.values  # what the events sent (the actuals: never a carried-forward value)
+        if dec.missing is not None and a_idx.size:
+            sent = dec.values.copy()
+            a_idx = self._fill_missing(a_idx, codes, slot_ev, dec, batch)
         t3 = t4 = t5 = time.perf_counter()
         if a_idx.size:
             y, groups = self._apply(a_idx, codes, slots_u, dec.values, dec.ts, offs, keys)
@@ -261,7 +305,7 @@ class Engine:
             if self.scorer is not None:
                 sc = self.scorer
                 actual = sc.actuals(
-                    dec.values[a_idx],
+                    sent[a_idx],
                     None if dec.extra is None else dec.extra[a_idx],
                     self.decoder.extra_names,
                 )
@@ -276,6 +320,67 @@ class Engine:
             m.stage_seconds.labels("score").observe(t5 - t4)
         m.stage_seconds.labels("publish").observe(t6 - t5)
         m.cached_keys.set(len(self.cache))
+
+    def _follow_moved_keys(
+        self, slots_u: np.ndarray, codes: np.ndarray, parts: np.ndarray, uniq: np.ndarray
+    ) -> None:
+        """Keys whose events arrive on another partition than their cached state's (partitions
+        were added to the topic): the offset guard is reset (offsets of two partitions are not
+        comparable) and the key follows its newest event's partition; time orders its events."""
+        moved_ev = parts != self.cache.partition[slots_u[codes]]
+        if not moved_ev.any():
+            return
+        last_of = np.full(len(uniq), -1, np.int64)
+        np.maximum.at(last_of, codes, np.arange(len(codes)))
+        ks = np.unique(codes[moved_ev])
+        sl = slots_u[ks]
+        old = self.cache.partition[sl].copy()
+        self.cache.partition[sl] = parts[last_of[ks]]
+        self.cache.last_offset[sl] = -1
+        self.metrics.keys_moved.inc(len(ks))
+        log.warning(
+            "%d key(s) now arrive on another partition than their state's (e.g. %r: %d → %d; "
+            "were partitions added?): their offset guard is reset and their events are ordered "
+            "by time", len(ks), uniq[ks[0]], old[0], self.cache.partition[sl[0]],
+        )  # fmt: skip
+
+    def _fill_missing(
+        self,
+        a_idx: np.ndarray,
+        codes: np.ndarray,
+        slot_ev: np.ndarray,
+        dec: DecodedBatch,
+        batch: MessageBatch,
+    ) -> np.ndarray:
+        """``--missing ffill``: a feature an event did not send takes the key's previous value
+        (an earlier event of this tick, else the key's last applied one) — as ``predict`` does
+        on a file. A key's events before its first complete one (nothing to carry forward) are
+        dead-lettered, and never feed the fill (so ticks may group events any way: the same
+        events are filled with the same values). Returns the events still accepted."""
+        assert dec.missing is not None
+        vals = dec.values[a_idx]  # [n, F], NaN where missing
+        gap = np.isnan(vals)
+        if not gap.any():
+            return a_idx
+        a_codes = codes[a_idx]
+        prev = self.cache.last_v[slot_ev[a_idx]]  # [n, F]: NaN for a key with no history
+        complete = ~gap.any(axis=1) | ~np.isnan(prev).any(axis=1)
+        started = pd.Series(complete).groupby(a_codes).cummax().to_numpy(bool)
+        vals[~started] = np.nan
+        filled = pd.DataFrame(vals).groupby(a_codes, sort=False).ffill().to_numpy(np.float32)
+        filled = np.where(np.isnan(filled), prev, filled)
+        self.metrics.missing_filled.inc(int(gap[started].sum()))
+        dec.values[a_idx[started]] = filled[started]
+        for i in a_idx[~started]:
+            absent = [
+                f for f, g in zip(self.mcfg.features, np.isnan(dec.values[i]), strict=True) if g
+            ]
+            self._dead_letter(
+                batch, dec.index[i], "missing_feature",
+                f"{', '.join(absent)} missing and the key has no complete earlier event to carry "
+                "values forward from",
+            )  # fmt: skip
+        return a_idx[started]
 
     def _late_or_duplicate(
         self, s_idx: np.ndarray, codes: np.ndarray, ts: np.ndarray, slot_ev: np.ndarray
@@ -300,9 +405,17 @@ class Engine:
             records = self.retry(lambda: self.store.load(miss_keys))
             new = self.cache.allocate(miss_keys, partitions[miss])
             stats = self.cache.load(new, records)
+            moved = stats.pop("moved")
             for outcome, n in stats.items():
                 if n:
                     self.metrics.state_loaded.labels(outcome=outcome).inc(n)
+            if moved:
+                self.metrics.keys_moved.inc(moved)
+                log.warning(
+                    "%d key(s) loaded with a state written from another partition or another "
+                    "incarnation of the input topic: their offset guard is reset and their "
+                    "events are ordered by time", moved,
+                )  # fmt: skip
             slots[miss] = new
         return slots
 
@@ -428,20 +541,93 @@ class Engine:
         self.metrics.forecasts_out.inc(a_idx.size)
 
     def _dead_letter(self, batch: MessageBatch, i: int, reason: str, detail: str) -> None:
+        """The original key, value and reason to the dead-letter topic; a message too large to
+        publish keeps its headers and the start of its key and value (``truncated`` and
+        ``key_truncated`` headers give the original lengths)."""
         headers = [
             ("reason", reason.encode()),
             ("detail", detail[:500].encode(errors="replace")),
             ("source", f"{batch.topic}/{batch.partitions[i]}/{batch.offsets[i]}".encode()),
             ("model", self.fc.version.encode()),
         ]
-        self.sink.produce(self.cfg.dlq_topic, batch.keys[i], batch.values[i] or b"", headers)
+        key, value = batch.keys[i], batch.values[i] or b""
+        # room for key and value: the limit less the headers and the record's own overhead
+        room = self.cfg.max_output_bytes - sum(len(k) + len(v) + 8 for k, v in headers) - 1024
+        if len(key or b"") + len(value) > room:
+            if key is not None and len(key) > room // 2:
+                headers.append(("key_truncated", str(len(key)).encode()))
+                key = key[: room // 2]
+            headers.append(("truncated", str(len(value)).encode()))
+            value = value[: max(0, room - len(key or b"") - 64)]
+            self.metrics.dead_letters_truncated.inc()
+        self.sink.produce(self.cfg.dlq_topic, key, value, headers)
         self.metrics.dead_letters.labels(reason=reason).inc()
 
     def _track_offsets(self, batch: MessageBatch) -> None:
-        """The next offset to commit per partition: one past the highest consumed."""
+        """The next offset to commit per partition: one past the highest consumed. Offsets that
+        go back without the driver seeking (it calls :meth:`rewind` when it does) mean the
+        partition's log restarted: the topic was deleted and re-created (its id says so), or
+        truncated."""
         parts = batch.partitions
+        ranges = []
         for p in np.unique(parts):
-            self.pending[(batch.topic, int(p))] = int(batch.offsets[parts == p].max()) + 1
+            offs = batch.offsets[parts == p]
+            ranges.append(((batch.topic, int(p)), int(offs.min()), int(offs.max())))
+        for tp, lo, _ in ranges:
+            seen = self._consumed.get(tp)
+            if seen is not None and lo <= seen:
+                self._offsets_went_back(tp, seen, lo)
+        for tp, lo, hi in ranges:
+            self.resume_at.setdefault(tp, lo)
+            self._consumed[tp] = hi
+            self.pending[tp] = hi + 1
+
+    def _offsets_went_back(self, tp: tuple[str, int], seen: int, now: int) -> None:
+        topic_id = self.topic_id_now(tp[0]) if self.topic_id_now is not None else NO_TOPIC
+        if topic_id not in (NO_TOPIC, self.topic_id):
+            self.input_topic_recreated(tp[0], topic_id, f"{tp[0]}[{tp[1]}] went back to {now}")
+            return
+        self.metrics.input_resets.labels(outcome="same_topic").inc()
+        log.error(
+            "offsets of %s[%d] went back from %d to %d, and the topic is the same (a truncated "
+            "log?): events at or below each key's stored offset are skipped as already applied",
+            tp[0], tp[1], seen, now,
+        )  # fmt: skip
+
+    def set_topic_id(self, topic_id: bytes) -> None:
+        """The input topic's id, read at start-up: written into every record from now on."""
+        self.topic_id = self.cache.topic_id = topic_id
+
+    def input_topic_recreated(self, topic: str, topic_id: bytes, how: str) -> None:
+        """The input topic is a new incarnation (deleted and re-created): its offsets start
+        again, so every cached key's offset guard is reset (the states carry on; time orders
+        the events) and offsets of the old incarnation are never committed to the new one."""
+        self.metrics.input_resets.labels(outcome="recreated").inc()
+        log.error(
+            "input topic %s was deleted and re-created (%s; topic id %s → %s): the offset guard "
+            "of %d cached key(s) is reset, their states carry on; offsets not yet committed for "
+            "the old topic are dropped",
+            topic, how, self.topic_id.hex() or "?", topic_id.hex(), len(self.cache),
+        )  # fmt: skip
+        self.set_topic_id(topic_id)
+        self.cache.forget_offsets()
+        for tp in [tp for tp in self.pending if tp[0] == topic]:
+            del self.pending[tp]
+        for tp in [tp for tp in self._consumed if tp[0] == topic]:
+            del self._consumed[tp]
+        for tp in [tp for tp in self.resume_at if tp[0] == topic]:
+            del self.resume_at[tp]
+
+    def _after_wipe(self) -> None:
+        """The store lost its data: every cached key is written in full at the next cycle."""
+        self.metrics.state_wipes.inc()
+        n = self.cache.rewrite_all()
+        log.error(
+            "the state store was wiped: the %d cached key(s) are written again in full at the "
+            "next commit cycle%s", n,
+            "" if self.cache.win is not None else " (their windows, not kept in memory by the "
+            "stateful kind, start empty again; (h, c) carry on)",
+        )  # fmt: skip
 
     # -- the commit cycle ---------------------------------------------------------------------
     def commit_cycle(
@@ -456,8 +642,13 @@ class Engine:
         ``partitions`` limits the cycle to those (on revocation). With ``wait=False`` and a
         background writer (``start_writer``), the Redis write runs off the hot loop and the
         offsets are committed by :meth:`poll_commits` once it is done; the order per cycle is
-        the same. Returns False when nothing needed committing.
+        the same. Returns False when nothing needed committing. A flush that fails raises
+        :class:`PublishError`: nothing is written or committed, and the driver must
+        :meth:`rewind`. After :meth:`halt` (a crash path) it never commits again.
         """
+        if self.halted:
+            log.warning("not committing: %s", self.halted)
+            return False
         self.poll_commits(commit, block=wait)  # earlier cycles first, in order
         if not wait and self._writer is not None and self._writer.busy():
             return False  # still writing the previous snapshot: try again next interval
@@ -466,30 +657,45 @@ class Engine:
         offsets = {tp: o for tp, o in self.pending.items() if tps is None or tp in tps}
         slots = self.cache.dirty_slots(None if tps is None else {p for _, p in tps})
         if not offsets and not slots.size:
+            self._check_store(commit, wait)
             return False
-        self.sink.flush()  # 1. every forecast and dead letter so far is acknowledged
+        self.sink.flush()  # 1. every forecast, dead letter and alert so far is acknowledged
         failpoint("after_flush")
         t1 = time.perf_counter()
-        job = _CommitJob(self.cache.snapshot(slots, everything=tps is None), offsets)
+        job = _CommitJob(self.cache.snapshot(slots, everything=tps is None), offsets, self.topic_id)
         t2 = time.perf_counter()
         self.metrics.stage_seconds.labels("flush").observe(t1 - t0)
         self.metrics.stage_seconds.labels("snapshot").observe(t2 - t1)
         self.cache.dirty[slots] = False  # a key changed again later is dirty again
+        self._submit(job, commit, wait)
+        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+        return True
+
+    def _submit(self, job: _CommitJob, commit: Callable[[Offsets], None], wait: bool) -> None:
+        self._last_store_check = time.monotonic()
         if wait or self._writer is None:
             self._finish(job, self._save(job), commit)  # 2. and 3., here and now
         else:
             self._writer.submit(job)  # 2. in the background; 3. in poll_commits
-        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
-        return True
+
+    def _check_store(self, commit: Callable[[Offsets], None], wait: bool) -> None:
+        """An idle worker still looks at the store every few seconds (an empty write checks
+        the epoch marker), so that a wipe is noticed while it holds the keys' states."""
+        if time.monotonic() - self._last_store_check >= STORE_CHECK_S:
+            self._submit(_CommitJob(self.cache.snapshot(np.empty(0, np.int64)), {}), commit, wait)
 
     def _save(self, job: _CommitJob) -> SaveResult:
-        """2. states, each carrying the offset of its last applied event."""
-        if not job.snapshot.keys:
-            return SaveResult()
+        """2. states, each carrying the offset of its last applied event (an empty snapshot
+        only checks that the store still holds its data)."""
         return self.retry(lambda: self.store.save(job.snapshot))
 
     def _finish(self, job: _CommitJob, res: SaveResult, commit: Callable[[Offsets], None]) -> None:
         self.metrics.state_written.inc(res.written)
+        if self.store.wiped() or res.wiped:
+            # nothing (or not everything) of this cycle reached the store: write every cached
+            # key in full next cycle, and commit these offsets only after that
+            self._after_wipe()
+            return
         if res.refused:
             # another worker has advanced these keys: our copy is stale, never reuse it
             self.metrics.state_refused.inc(len(res.refused))
@@ -499,12 +705,16 @@ class Engine:
             )
             self.cache.evict(self.cache.index[k] for k in res.refused if k in self.cache.index)
         failpoint("after_save")
-        if job.offsets:
-            commit(job.offsets)  # 3. only now do the offsets move
-            for tp, o in job.offsets.items():
+        offsets = job.offsets if job.topic_id == self.topic_id else {}  # not a re-created topic's
+        if offsets and not self.halted:
+            commit(offsets)  # 3. only now do the offsets move
+            for tp, o in offsets.items():
                 if self.pending.get(tp) == o:
                     del self.pending[tp]
-        self.metrics.commits.labels(outcome="ok").inc()
+                if tp in self.resume_at:
+                    self.resume_at[tp] = o
+        if job.offsets or job.snapshot.keys:
+            self.metrics.commits.labels(outcome="ok").inc()
 
     def start_writer(self) -> None:
         """Write states to Redis on a background thread (the worker's hot loop never waits
@@ -527,6 +737,26 @@ class Engine:
             self._writer.close()
             self._writer = None
 
+    def halt(self, why: str) -> None:
+        """A crash path: from now on nothing is committed (the process is going down; what was
+        consumed since the last commit is consumed again by whoever takes over)."""
+        if not self.halted:
+            self.halted = why
+            log.error("halted, nothing more is committed: %s", why)
+
+    def rewind(self) -> int:
+        """After outputs that were not acknowledged: forget everything since the last commit —
+        the pending offsets and every cached state (they reload from the store, which holds
+        only states whose outputs were acknowledged) — so that the driver can seek each
+        partition back to :attr:`resume_at` and consume again. Call :meth:`poll_commits` with
+        ``block=True`` first (writes already under way belong to flushed cycles). Returns the
+        keys dropped."""
+        self.pending.clear()
+        self._consumed.clear()
+        n = self.cache.evict(np.fromiter(self.cache.index.values(), np.int64, len(self.cache)))
+        self.metrics.cached_keys.set(0)
+        return n
+
     def forget_offsets(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Drop the pending offsets of ``partitions`` (a refused commit); states stay cached."""
         for tp in partitions:
@@ -537,6 +767,8 @@ class Engine:
         tps = set(partitions)
         for tp in tps:
             self.pending.pop(tp, None)
+            self._consumed.pop(tp, None)
+            self.resume_at.pop(tp, None)
         n = self.cache.evict(self.cache.slots_of_partitions({p for _, p in tps}))
         self.metrics.cached_keys.set(len(self.cache))
         return n

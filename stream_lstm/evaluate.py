@@ -29,9 +29,17 @@ METHODS = ("model", "persistence", "seasonal_naive")
 METRICS = ("mse", "mae", "rmse", "smape")
 
 
-def stream_rows(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """The rows the worker would apply: every feature present (others are dead-lettered)."""
+def stream_rows(frame: pd.DataFrame, features: list[str], missing: str = "dlq") -> pd.DataFrame:
+    """The rows the worker would apply (``frame`` sorted by key, time). ``missing="dlq"``: rows
+    with every feature present (the worker dead-letters the others); ``"ffill"``: a missing
+    feature takes the key's previous value first, as ``worker --missing ffill`` does; a key's
+    rows before its first complete one have nothing to carry forward and are dropped)."""
     ok = frame[features].notna().all(axis=1)
+    if missing == "ffill":
+        started = ok.groupby(frame[KEY], sort=False).cummax()
+        frame = frame[started].copy()
+        frame[features] = frame.groupby(KEY, sort=False)[features].ffill()
+        return frame.reset_index(drop=True)
     return frame[ok].reset_index(drop=True)
 
 

@@ -223,8 +223,21 @@ class FaustForecaster:
         async with self._lock:
             if self._closed.is_set():
                 return
-            await asyncio.to_thread(self._process, batch)
+            try:
+                await asyncio.to_thread(self._process, batch)
+            except Exception as e:
+                await self._crash(e)
+                raise
         await self._acknowledge()
+
+    async def _crash(self, e: BaseException) -> None:
+        """A crash path (undelivered outputs included: this runtime cannot seek back): nothing
+        more is acknowledged or committed; the app stops and the process exits 1. Whoever takes
+        the partitions over consumes again from the last commit."""
+        self.engine.halt(f"{type(e).__name__}: {e}")
+        self.crashed = e
+        log.error("stopping the Faust runtime, nothing more is committed: %s", e)
+        await self.app.crash(e)
 
     def _process(self, batch: MessageBatch) -> None:
         if len(batch):
@@ -272,13 +285,12 @@ class FaustForecaster:
                 try:
                     await asyncio.to_thread(self._cycle, urgent)
                 except Exception as e:
-                    self.crashed = e
-                    log.error("commit cycle failed: %s", e)
-                    await self.app.crash(e)
+                    await self._crash(e)
                     return
             await self._acknowledge()
             if time.monotonic() - last_lag >= 5.0:
                 self._update_lag()
+                await asyncio.to_thread(self.parts.check_input_topic)
                 last_lag = time.monotonic()
 
     async def _on_revoked(self, sender: Any, *args: Any, **_: Any) -> None:
@@ -288,7 +300,10 @@ class FaustForecaster:
             if not self._closed.is_set():
                 # Faust waited for every delivered event to be acknowledged: only a cycle of
                 # what was applied but not yet covered can remain; run it, then forget the keys
-                await asyncio.to_thread(self.engine.commit_cycle, self._record, tps)
+                try:
+                    await asyncio.to_thread(self.engine.commit_cycle, self._record, tps)
+                except Exception as e:
+                    await self._crash(e)
             await self._acknowledge()
             n = self.engine.drop_partitions(tps)
         for tp in tps:

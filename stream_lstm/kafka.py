@@ -12,8 +12,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from stream_lstm.config import SECRET_KAFKA_KEYS
 from stream_lstm.errors import ConfigError, KafkaClientError, PublishError
@@ -126,15 +134,58 @@ def check_topics(
     return {t: len(md.topics[t].partitions) for t in topics}
 
 
+NO_TOPIC_ID = bytes(16)
+
+
+def topic_id(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> bytes:
+    """The topic's id (16 bytes; a re-created topic has a new one), or zeros if the broker
+    does not say (brokers before Kafka 2.8)."""
+    try:
+        desc = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)[topic]
+        uuid = desc.result().topic_id
+    except KafkaException as e:
+        raise KafkaClientError(f"describing topic {topic}: {e.args[0]}", e.args[0]) from None
+    if uuid is None:
+        return NO_TOPIC_ID
+    return b"".join(
+        bits.to_bytes(8, "big", signed=True)
+        for bits in (uuid.get_most_significant_bits(), uuid.get_least_significant_bits())
+    )
+
+
+def max_message_bytes(
+    admin: AdminClient, topics: list[str], timeout_s: float = 10.0
+) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` (the largest record batch its broker accepts)."""
+    out = {}
+    futures = admin.describe_configs(
+        [ConfigResource("topic", t) for t in topics], request_timeout=timeout_s
+    )
+    for res, fut in futures.items():
+        try:
+            out[res.name] = int(fut.result()["max.message.bytes"].value)
+        except (KafkaException, KeyError, ValueError) as e:
+            log.warning("max.message.bytes of %s unknown (%s): assuming 1048588", res.name, e)
+            out[res.name] = 1_048_588
+    return out
+
+
 class KafkaSink:
-    """The engine's Sink over a confluent-kafka Producer."""
+    """The engine's Sink over a confluent-kafka Producer.
+
+    A message the producer refuses at once (too large, unknown topic) raises
+    :class:`PublishError` as a delivery failure does at :meth:`flush`: the caller must not
+    commit past it (the worker rewinds, see ``worker.py``)."""
 
     def __init__(
         self, bootstrap: str, options: Mapping[str, str] | None, flush_timeout_s: float = 120.0
     ) -> None:
         self.failures: list[str] = []
+        self._bootstrap, self._options = bootstrap, options
         self.producer = make_producer(bootstrap, options, self._on_error)
         self.flush_timeout_s = flush_timeout_s
+        # librdkafka refuses larger messages itself (MSG_SIZE_TOO_LARGE)
+        self.max_message_bytes = int((options or {}).get("message.max.bytes", 1_000_000))
 
     def _on_error(self, err: KafkaError, msg: Message) -> None:
         self.failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
@@ -152,14 +203,32 @@ class KafkaSink:
                 return
             except BufferError:  # the local queue is full: let deliveries drain
                 self.producer.poll(0.05)
+            except KafkaException as e:
+                raise PublishError(
+                    f"producing a {len(value or b'')}-byte message to {topic} failed: "
+                    f"{e.args[0].str() if e.args else e}",
+                    e.args[0] if e.args else None,
+                ) from None
 
     def produce_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
         produce = self.producer.produce
         for k, v in zip(keys, values, strict=True):
             try:
                 produce(topic, v, k)
-            except BufferError:
-                self.produce(topic, k, v)  # the slow path waits for the queue to drain
+            except (BufferError, KafkaException):
+                self.produce(topic, k, v)  # the slow path: waits for the queue, or raises
+
+    def reset(self) -> None:
+        """After a failed delivery: drop what is still queued or in flight (it is produced
+        again when the events are consumed again) and start over with a new producer."""
+        old = self.producer
+        try:
+            old.purge(in_queue=True, in_flight=True, blocking=True)
+            old.flush(0)  # serve the purged messages' reports
+        except (KafkaException, RuntimeError) as e:
+            log.warning("purging the producer: %s", e)
+        self.producer = make_producer(self._bootstrap, self._options, self._on_error)
+        self.failures.clear()
 
     def poll(self) -> None:
         self.producer.poll(0)

@@ -191,6 +191,42 @@ class WorkerMetrics:
             registry=r,
         )
         self.assigned = Gauge("stream_lstm_assigned_partitions", "Partitions assigned", registry=r)
+        # what the offset guard, the output path and the store can meet besides the usual
+        self.keys_moved = Counter(
+            "stream_lstm_keys_moved_total",
+            "Keys whose events now come from another partition or another incarnation of the "
+            "input topic than their stored state's (the offset guard is reset, time orders them)",
+            registry=r,
+        )
+        self.input_resets = Counter(
+            "stream_lstm_input_offset_resets_total",
+            "Input partitions whose offsets went back without the worker seeking (outcome "
+            "recreated: the topic was deleted and re-created; same_topic: e.g. a truncated log)",
+            ["outcome"],
+            registry=r,
+        )
+        self.state_wipes = Counter(
+            "stream_lstm_state_wipes_total",
+            "Times the state store was found wiped (its epoch marker gone or changed)",
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "stream_lstm_publish_failures_total",
+            "Forecasts, dead letters or alerts not acknowledged (each time, the worker rewinds "
+            "to the last committed offsets instead of committing past them)",
+            registry=r,
+        )
+        self.missing_filled = Counter(
+            "stream_lstm_missing_values_filled_total",
+            "Feature values an event did not send, carried forward from the key's last event "
+            "(--missing ffill)",
+            registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "stream_lstm_dead_letters_truncated_total",
+            "Dead letters whose original value was too large to publish and was truncated",
+            registry=r,
+        )
         # live forecast scoring: summed per target and horizon step, never per key
         # (MAE = abs_error / scored, RMSE = sqrt(squared_error / scored), coverage = hits / scored)
         by_step = ["target", "step"]

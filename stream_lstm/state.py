@@ -2,9 +2,9 @@
 
 A record is fixed-size little-endian binary (a numpy structured dtype)::
 
-    magic "SLS3" | model version (12 bytes) | last_offset i64 @16 | last_ts i64 | count i64
-    | partition i32 | fill i32 | layers u16 | hidden u16 | window u16 | features u16 | head u16
-    | targets u16 | score_ring u16 | steps u16 | stats u16
+    magic "SLS4" | model version (12 bytes) | last_offset i64 @16 | last_ts i64 @24 | count i64
+    | partition i32 @40 | fill i32 | layers u16 | hidden u16 | window u16 | features u16
+    | head u16 | targets u16 | score_ring u16 | steps u16 | stats u16 | topic_id 16 bytes @66
     | h f32[layers, hidden] | c f32[layers, hidden]
     | score block (only when forecasts are scored, see stream_lstm/scoring.py):
     |   residual EWM mean f32[targets], variance f32[targets], residuals seen i32,
@@ -13,9 +13,18 @@ A record is fixed-size little-endian binary (a numpy structured dtype)::
     |                                                               ← the "fixed part" ends here
     | ring (v f32[features], ts i64)[window]                        ← oldest row at `head`
 
-``last_offset`` sits at byte 16 so the conditional-write script compares it without decoding
-the rest. Records of the previous format ("SLS2": no score fields, no score block) are still
-read, as another layout (the state is rebuilt from their window). The window holds the raw
+``last_offset``, ``last_ts``, ``partition`` and ``topic_id`` sit at fixed bytes so the
+conditional-write script compares them without decoding the rest. ``partition`` and
+``topic_id`` (the Kafka topic id of the input topic's incarnation; zeros when unknown) say where
+``last_offset`` was read: the offset guard ("an event at or below the stored offset was applied
+already") holds only in that same partition of that same topic. A key whose events now come
+from another partition (partitions were added) or another incarnation of the topic (deleted and
+re-created) keeps its state, and its events are ordered by time instead (see
+:func:`write_refused` and :meth:`StateCache.load`).
+
+Older formats: "SLS3" (no topic id) is upgraded in place, losslessly (16 zero bytes inserted
+after its header, here and in the Redis script); "SLS2" (no score fields, no score block) is
+read as another layout and the state is rebuilt from its window. The window holds the raw
 feature values and times of the key's last ``window`` events; rows not yet filled are zeros.
 
 Writes are deltas: each commit cycle sends, per dirty key, the fixed part and only the ring
@@ -38,9 +47,15 @@ from typing import Any
 
 import numpy as np
 
-MAGIC = b"SLS3"
+MAGIC = b"SLS4"
+MAGIC_V3 = b"SLS3"  # before topic ids: upgraded in place when read or written
 MAGIC_V2 = b"SLS2"  # before forecast scoring: read (and rebuilt from its window), never written
-OFFSET_POS = 16  # byte position of last_offset in a record (used by the Redis script)
+# byte positions in a record's header (the Redis script reads them)
+OFFSET_POS = 16  # last_offset
+TS_POS = 24  # last_ts
+PARTITION_POS = 40  # partition
+TOPIC_ID_POS = 66  # topic_id (SLS4)
+NO_TOPIC = bytes(16)  # topic id unknown
 NO_TS = np.iinfo(np.int64).min
 
 HEADER_FIELDS: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
@@ -65,7 +80,13 @@ HEADER_FIELDS = [
     ("steps", "<u2"),
     ("stats", "<u2"),
 ]
+HEADER_V3 = np.dtype(HEADER_FIELDS)
+HEADER_FIELDS = [*HEADER_FIELDS, ("topic_id", "S16")]
 HEADER = np.dtype(HEADER_FIELDS)
+assert HEADER.fields is not None
+assert HEADER.fields["partition"][1] == PARTITION_POS
+assert HEADER.fields["last_ts"][1] == TS_POS
+assert HEADER.fields["topic_id"][1] == TOPIC_ID_POS == HEADER_V3.itemsize
 
 
 def score_dtype(targets: int, ring: int, steps: int, stats: int) -> np.dtype:
@@ -189,10 +210,47 @@ class Decoded:
     c: np.ndarray
     win: np.ndarray  # [window, features], oldest first, right-aligned
     win_ts: np.ndarray  # [window]
+    topic_id: bytes = NO_TOPIC
+
+
+def upgrade(rec: bytes) -> bytes:
+    """An SLS3 record as SLS4 (no topic id known); other records as they are."""
+    if rec[:4] != MAGIC_V3 or len(rec) < HEADER_V3.itemsize:
+        return rec
+    at = HEADER_V3.itemsize
+    return MAGIC + rec[4:at] + NO_TOPIC + rec[at:]
+
+
+def write_refused(cur: bytes, new_fixed: bytes) -> bool:
+    """Whether a stored record ``cur`` refuses the write of a state whose fixed part is
+    ``new_fixed`` (the rule the Redis script applies; :class:`~stream_lstm.testing.MemoryStore`
+    applies it too).
+
+    Same place (partition, and topic id when both are known): refused when the stored state has
+    applied a later offset (a zombie that lost its partitions cannot overwrite its successor).
+    Another place (the key moved to another partition, or the topic was re-created): offsets
+    are not comparable, so refused when the stored state has applied a later event time.
+    """
+    cur = upgrade(cur)
+    if len(cur) < HEADER.itemsize or cur[:4] != MAGIC:
+        return False  # not a record of this format: overwritten
+
+    def i64(b: bytes, at: int) -> int:
+        return int.from_bytes(b[at : at + 8], "little", signed=True)
+
+    tid_cur = cur[TOPIC_ID_POS : TOPIC_ID_POS + 16]
+    tid_new = new_fixed[TOPIC_ID_POS : TOPIC_ID_POS + 16]
+    same_place = cur[PARTITION_POS : PARTITION_POS + 4] == new_fixed[
+        PARTITION_POS : PARTITION_POS + 4
+    ] and (tid_cur == tid_new or NO_TOPIC in (tid_cur, tid_new))
+    if same_place:
+        return i64(cur, OFFSET_POS) > i64(new_fixed, OFFSET_POS)
+    return i64(cur, TS_POS) > i64(new_fixed, TS_POS)
 
 
 def decode_any(rec: bytes) -> Decoded | None:
     """Decode a record whatever its layout (or format); None if it is not a record at all."""
+    rec = upgrade(rec)
     header = {MAGIC: HEADER, MAGIC_V2: HEADER_V2}.get(rec[:4])
     if header is None or len(rec) < header.itemsize:
         return None
@@ -218,12 +276,15 @@ def decode_any(rec: bytes) -> Decoded | None:
         c=np.array(r["c"]),
         win=np.array(r["ring"]["v"])[order],
         win_ts=np.array(r["ring"]["ts"])[order],
+        topic_id=bytes(r["topic_id"]).ljust(16, b"\0") if header is HEADER else NO_TOPIC,
     )
 
 
 def apply_delta(record: bytes | None, fixed: bytes, rows: bytes, layout: Layout) -> bytes:
-    """What the Redis script does, in Python (tests, the in-memory store)."""
+    """What the Redis script does, in Python (tests, the in-memory store): an SLS3 record is
+    upgraded, a record of another size replaced by a zero-filled one, then patched."""
     size, fsize, rb = layout.record_size, layout.fixed_size, layout.row_bytes
+    record = None if record is None else upgrade(record)
     buf = bytearray(record if record is not None and len(record) == size else bytes(size))
     buf[:fsize] = fixed
     for i in range(len(rows) // (2 + rb)):
@@ -324,6 +385,7 @@ class StateCache:
     partition: np.ndarray  # [cap] int32
     dirty: np.ndarray  # [cap] bool, changed since the last Redis write
     rebuild: np.ndarray  # [cap] bool, replay the window through the model first
+    last_v: np.ndarray  # [cap, F] float32, the key's last applied feature values (NaN: none)
     score: np.ndarray | None  # [cap] Layout.score_block, when forecasts are scored
     win: np.ndarray | None  # [cap, W, F] float32 ring, only when windows are kept in memory
     win_ts: np.ndarray | None  # [cap, W] int64
@@ -346,6 +408,8 @@ class StateCache:
         self.free: list[int] = []
         self.win = self.win_ts = None
         self.score = None
+        # the input topic's id (its incarnation), written into every record: see write_refused
+        self.topic_id = NO_TOPIC
         # ring rows written since each key's last Redis write: chunks of (slot, pos, v, ts)
         self._log: list[LogChunk] = []
         # windows of keys loaded from another model version, until the model replays them
@@ -377,6 +441,7 @@ class StateCache:
         grow("partition", (), np.int32, -1)
         grow("dirty", (), np.bool_, False)
         grow("rebuild", (), np.bool_, False)
+        grow("last_v", (F,), np.float32, np.nan)
         if lay.score_ring:
             score = np.zeros(cap, dtype=lay.score_block)
             if n_old and self.score is not None:
@@ -426,6 +491,7 @@ class StateCache:
         self.count[slots] = 0
         self.dirty[slots] = False
         self.rebuild[slots] = False
+        self.last_v[slots] = np.nan
         self.reset_score(slots)
 
     def reset_score(self, slots: np.ndarray) -> None:
@@ -495,6 +561,8 @@ class StateCache:
             self.win[s, at] = values[keep]
             self.win_ts[s, at] = ts[keep]
         self._log.append((s, at.astype(np.int64), values[keep], ts[keep]))
+        last = pos == counts - 1
+        self.last_v[slots[last]] = values[last]
         first = pos == 0
         ks, kn = slots[first], counts[first]
         self.head[ks] = (self.head[ks] + kn) % W
@@ -545,6 +613,7 @@ class StateCache:
         hdr["head"] = self.head[slots]
         hdr["targets"], hdr["score_ring"] = lay.targets, lay.score_ring
         hdr["steps"], hdr["stats"] = lay.steps, lay.stats
+        hdr["topic_id"] = self.topic_id
         np.take(self.h, slots, axis=0, out=h)  # into reused buffers: no fresh pages to fault in
         np.take(self.c, slots, axis=0, out=c)
         if self.score is not None:
@@ -567,21 +636,25 @@ class StateCache:
         return [(s[mine], p[mine], v[mine], t[mine])] if mine.any() else []
 
     def load(self, slots: np.ndarray, records: Sequence[bytes | None]) -> dict[str, int]:
-        """Fill freshly allocated ``slots`` from stored records (None = never seen).
+        """Fill freshly allocated ``slots`` (their partition set) from stored records (None =
+        never seen).
 
         Same version and layout: restored as is, in one vectorised decode. Another version:
         counters and window kept (its newest rows, when this version keeps fewer), ``(h, c)``
         reset and the slot flagged for a rebuild from its window (or started fresh when the
-        window's features do not match). Returns counts.
+        window's features do not match). A record written from another partition or another
+        incarnation of the topic keeps its state, but its offset guard is reset (``moved``):
+        its offset means nothing here. Returns counts.
         """
         lay = self.layout
         tag = lay.version.encode()[:12].ljust(12, b"\0")
+        records = [None if r is None else upgrade(r) for r in records]
         same = [
             i
             for i, r in enumerate(records)
             if r is not None and len(r) == lay.record_size and r[4:16] == tag
         ]
-        stats = {"restored": len(same), "rebuilt": 0, "fresh": 0, "new": 0}
+        stats = {"restored": len(same), "rebuilt": 0, "fresh": 0, "new": 0, "moved": 0}
         if same:
             arr = np.frombuffer(b"".join(records[i] or b"" for i in same), dtype=lay.dtype)
             s = slots[same]
@@ -594,6 +667,15 @@ class StateCache:
             self.count[s] = arr["count"]
             if self.score is not None:
                 self.score[s] = arr["score"]
+            newest = (arr["head"].astype(np.int64) - 1) % max(1, lay.window)
+            self.last_v[s] = np.where(
+                (arr["fill"] > 0)[:, None],
+                arr["ring"]["v"][np.arange(len(same)), newest],
+                np.nan,
+            )
+            moved = self._moved(arr["partition"], arr["topic_id"], s)
+            self.last_offset[s[moved]] = -1
+            stats["moved"] += int(moved.sum())
         same_set = set(same)
         for i, r in enumerate(records):
             if i in same_set:
@@ -611,10 +693,17 @@ class StateCache:
                 d.last_ts,
                 d.count,
             )
+            if self._moved(np.asarray([d.partition]), np.asarray([d.topic_id]), slots[i : i + 1])[
+                0
+            ]:
+                self.last_offset[s1] = -1
+                stats["moved"] += 1
             self.dirty[s1] = True  # written under the new version at the next commit
             if d.win.shape[1] != lay.features:
                 stats["fresh"] += 1
                 continue
+            if d.fill > 0:
+                self.last_v[s1] = d.win[-1]
             # the window's newest rows (as many as this version keeps), oldest first and
             # right-aligned, become this version's ring (head 0)
             W, fill = lay.window, min(d.fill, lay.window)
@@ -630,3 +719,40 @@ class StateCache:
                 self.rebuild_rows[s1] = (v, t)
             stats["rebuilt"] += 1
         return stats
+
+    def _moved(self, partition: np.ndarray, topic_id: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Records written from another partition, or another incarnation of the topic (when
+        both topic ids are known), than the one ``slots`` are read from now."""
+        tid = np.asarray(topic_id, dtype="S16")
+        other_topic = (tid != b"") & (tid != np.bytes_(self.topic_id)) & (self.topic_id != NO_TOPIC)
+        return np.asarray((partition != self.partition[slots]) | other_topic)
+
+    def forget_offsets(self, slots: np.ndarray | None = None) -> None:
+        """Reset the offset guard of ``slots`` (all cached keys when None): their offsets belong
+        to a topic that was re-created. Events are then ordered by time alone."""
+        used = (
+            np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
+            if slots is None
+            else slots
+        )
+        self.last_offset[used] = -1
+
+    def rewrite_all(self) -> int:
+        """After the store was wiped: every cached key is written in full at the next commit
+        cycle (its windows too where they are kept in memory; the stateful kind keeps no window
+        in memory, so its window starts empty again while ``(h, c)`` carry on). Returns how
+        many keys."""
+        used = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
+        if self._log and used.size:
+            self._drop_log(used)
+        if self.win is not None and self.win_ts is not None and used.size:
+            W = self.layout.window
+            pos = np.tile(np.arange(W), used.size)
+            s = np.repeat(used, W)
+            filled = ((pos - self.head[s]) % W) >= W - self.fill[s]  # the newest `fill` rows
+            self._log.append((s[filled], pos[filled], self.win[s, pos][filled],
+                              self.win_ts[s, pos][filled]))  # fmt: skip
+        else:
+            self.fill[used], self.head[used] = 0, 0
+        self.dirty[used] = True
+        return int(used.size)

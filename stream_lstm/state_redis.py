@@ -6,13 +6,22 @@ tag, so one key's record lives in one slot. ``<namespace>:versions`` lists the m
 that have written state, so a new version can find the previous one's records to rebuild from.
 
 The write script refuses to replace a record whose stored ``last_offset`` is newer than the
-one being written: a worker that lost its partitions (a zombie) cannot overwrite the state that
-the new owner has already advanced.
+one being written (in the same partition of the same topic; by event time when the key moved):
+a worker that lost its partitions (a zombie) cannot overwrite the state that the new owner has
+already advanced.
+
+``<namespace>:epoch`` is a marker set once per namespace: every load reads it and every write
+script checks it, so a store that lost its data under a running worker (FLUSHDB, a restart
+without persistence) is noticed, logged and counted, and the worker rewrites every key it holds
+in full instead of patching deltas into records that are gone. (The script touches the marker
+and the records in one call: fine on one Redis node; Redis Cluster needs both in one slot.)
 """
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -21,26 +30,65 @@ import redis
 
 from stream_lstm.config import redact_url
 from stream_lstm.errors import StateError
-from stream_lstm.state import OFFSET_POS, Layout, Snapshot
+from stream_lstm.state import (
+    HEADER,
+    HEADER_V3,
+    OFFSET_POS,
+    PARTITION_POS,
+    TOPIC_ID_POS,
+    TS_POS,
+    Layout,
+    Snapshot,
+)
 
-# KEYS: record keys. ARGV: TTL ms (0 = none), record size, fixed-part size, bytes of a ring row;
-# then for KEYS[i]: ARGV[3 + 2i] the fixed part (header, h, c) and ARGV[4 + 2i] the new ring rows,
-# each (u16 position, row). A missing record is created zero-filled first. The write is refused
-# when the stored last_offset is newer.
+log = logging.getLogger(__name__)
+
+# KEYS[1]: the namespace's epoch marker; KEYS[2..]: record keys. ARGV: the epoch this worker
+# knows, TTL ms (0 = none), record size, fixed-part size, bytes of a ring row; then for KEYS[i]:
+# ARGV[2 + 2i] the fixed part (header, h, c) and ARGV[3 + 2i] the new ring rows, each (u16
+# position, row). Nothing is written when the marker is not the epoch given (the store was
+# wiped: the caller finds out and rewrites every key it holds in full). Per record, the rule of
+# stream_lstm.state.write_refused: same partition and topic → refused when the stored offset is
+# newer; moved → refused when the stored event time is newer. An SLS3 record is upgraded in
+# place; a record of another size is replaced by a zero-filled one before it is patched.
 WRITE_IF_NOT_OLDER = f"""
-local ttl, size, fixed, rb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {{0, {{}}, 1}} end
+local ttl, size, fixed, rb = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5])
+local hdr, v3, z16 = {HEADER.itemsize}, {HEADER_V3.itemsize}, string.rep('\\0', 16)
 local written = 0
 local refused = {{}}
-for i, k in ipairs(KEYS) do
-  local head = ARGV[3 + 2 * i]
-  local rows = ARGV[4 + 2 * i]
-  local new_off = struct.unpack('<i8', head, {OFFSET_POS + 1})
-  local cur = redis.call('GETRANGE', k, {OFFSET_POS}, {OFFSET_POS + 7})
-  if #cur == 8 and struct.unpack('<i8', cur) > new_off then
-    refused[#refused + 1] = i
+for i = 2, #KEYS do
+  local k = KEYS[i]
+  local head = ARGV[2 + 2 * i]
+  local rows = ARGV[3 + 2 * i]
+  local cur = redis.call('GETRANGE', k, 0, hdr - 1)
+  local len = #cur
+  if len > 0 then len = redis.call('STRLEN', k) end
+  local magic = string.sub(cur, 1, 4)
+  if magic == 'SLS3' and len == size - 16 then
+    local rec = redis.call('GET', k)
+    redis.call('SET', k, 'SLS4' .. string.sub(rec, 5, v3) .. z16 .. string.sub(rec, v3 + 1),
+      'KEEPTTL')
+    cur, len, magic = string.sub(redis.call('GETRANGE', k, 0, hdr - 1), 1, hdr), size, 'SLS4'
+  end
+  local tc = nil
+  if magic == 'SLS4' and #cur == hdr then tc = string.sub(cur, {TOPIC_ID_POS + 1}, hdr)
+  elseif magic == 'SLS3' and #cur >= v3 then tc = z16 end
+  local refuse = false
+  if tc then
+    local tn = string.sub(head, {TOPIC_ID_POS + 1}, hdr)
+    local same = string.sub(cur, {PARTITION_POS + 1}, {PARTITION_POS + 4})
+      == string.sub(head, {PARTITION_POS + 1}, {PARTITION_POS + 4})
+      and (tc == tn or tc == z16 or tn == z16)
+    local at = {OFFSET_POS + 1}
+    if not same then at = {TS_POS + 1} end
+    refuse = struct.unpack('<i8', cur, at) > struct.unpack('<i8', head, at)
+  end
+  if refuse then
+    refused[#refused + 1] = i - 1
   else
-    if #cur == 0 then
+    if len ~= size then
       redis.call('SET', k, string.rep('\\0', size))
     end
     redis.call('SETRANGE', k, 0, head)
@@ -54,7 +102,7 @@ for i, k in ipairs(KEYS) do
     written = written + 1
   end
 end
-return {{written, refused}}
+return {{written, refused, 0}}
 """
 
 
@@ -79,6 +127,7 @@ def newer(cur: bytes | None, prev: bytes | None) -> bytes | None:
 class SaveResult:
     written: int = 0
     refused: list[str] = field(default_factory=list)  # keys whose stored state was newer
+    wiped: bool = False  # the store lost its data (epoch marker gone): nothing was written
 
 
 class RedisStateStore:
@@ -102,6 +151,9 @@ class RedisStateStore:
         self.chunk = chunk
         self.on_rtt = on_rtt
         self.previous_version: str | None = None
+        self.epoch_key = f"{namespace}:epoch"
+        self.epoch = ""  # this namespace's epoch marker, as this worker knows it
+        self._wiped = False  # a load or a save found the marker gone or changed
         try:
             self.client = redis.Redis.from_url(
                 url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
@@ -140,7 +192,42 @@ class RedisStateStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
+        created = self._resolve_epoch()
         self.previous_version = self._register_version()
+        log.info(
+            "state epoch %s in %s (%s)", self.epoch, self.url_shown,
+            "new: no marker was there" if created else "found",
+        )  # fmt: skip
+
+    # -- the epoch marker: detects a wiped store (FLUSHDB, a restart without persistence) ------
+    def _resolve_epoch(self) -> bool:
+        """Adopt the namespace's epoch marker, creating it if there is none (True then)."""
+        created = bool(self.client.set(self.epoch_key, uuid.uuid4().hex, nx=True))
+        raw = self.client.get(self.epoch_key)
+        self.epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return created
+
+    def _lost_epoch(self, seen: object) -> None:
+        """The marker is not the one this worker knows: the store was wiped (or another worker
+        saw that first and set a new marker). Adopt the new epoch; the engine learns of it
+        through :meth:`wiped` and rewrites what it holds."""
+        old = self.epoch
+        try:
+            created = self._resolve_epoch()
+        except redis.RedisError as e:
+            raise StateError(f"re-creating the epoch marker in {self.url_shown}: {e}") from None
+        self._wiped = True
+        log.error(
+            "state store %s lost its data under namespace %s (epoch marker %s is %s; now %s, "
+            "%s): keys not cached by a worker restart from zero state",
+            self.url_shown, self.namespace, old, "gone" if seen is None else "changed",
+            self.epoch, "set by this worker" if created else "set by another worker",
+        )  # fmt: skip
+
+    def wiped(self) -> bool:
+        """True once after a load or save found the store wiped."""
+        w, self._wiped = self._wiped, False
+        return w
 
     def use_layout(self, layout: Layout) -> None:
         """Store a new model version's states from now on (a hot model switch): register the
@@ -178,16 +265,19 @@ class RedisStateStore:
         t0 = time.perf_counter()
         try:
             pipe = self.client.pipeline(transaction=False)
+            pipe.get(self.epoch_key)
             for s in range(0, len(keys), 4 * self.chunk):
                 pipe.mget([self.record_key(k) for k in keys[s : s + 4 * self.chunk]])
             if self.previous_version:
                 for s in range(0, len(keys), 4 * self.chunk):
                     part = keys[s : s + 4 * self.chunk]
                     pipe.mget([self.record_key(k, self.previous_version) for k in part])
-            replies = pipe.execute()
+            epoch, *replies = pipe.execute()
         except redis.RedisError as e:
             raise StateError(f"loading state from Redis at {self.url_shown} failed: {e}") from None
         self._rtt("load", t0)
+        if epoch is None or epoch.decode() != self.epoch:
+            self._lost_epoch(epoch)
         n_cur = (len(keys) + 4 * self.chunk - 1) // (4 * self.chunk)
         cur = [v for part in replies[:n_cur] for v in part]
         if self.previous_version:
@@ -196,20 +286,26 @@ class RedisStateStore:
         return cur
 
     def save(self, snap: Snapshot) -> SaveResult:
-        """Conditional delta writes in one pipelined round trip (``chunk`` keys per call)."""
+        """Conditional delta writes in one pipelined round trip (``chunk`` keys per call).
+
+        With no keys, only checks the epoch marker (an idle worker still notices a wipe)."""
         result = SaveResult()
         keys = snap.keys
-        if not keys:
-            return result
         t0 = time.perf_counter()
         lay = snap.layout  # the snapshot's own (a model switch may have moved the store on)
-        common = (self.ttl_ms, lay.record_size, lay.fixed_size, lay.row_bytes)
+        common = (self.epoch, self.ttl_ms, lay.record_size, lay.fixed_size, lay.row_bytes)
+        bounds = list(range(0, len(keys), self.chunk))
         for attempt in (1, 2):
             try:
+                if not keys:
+                    seen = self.client.get(self.epoch_key)
+                    if not isinstance(seen, bytes) or seen.decode() != self.epoch:
+                        self._lost_epoch(seen)
+                        result.wiped = True
+                    return result
                 if self._sha is None:
                     self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
                 pipe = self.client.pipeline(transaction=False)
-                bounds = list(range(0, len(keys), self.chunk))
                 names = [self.record_key(k, lay.version) for k in keys]
                 fixed_parts, new_rows = snap.blobs()
                 replies = []
@@ -220,7 +316,9 @@ class RedisStateStore:
                         for pair in zip(fixed_parts[s:e], new_rows[s:e], strict=True)
                         for x in pair
                     ]
-                    pipe.evalsha(self._sha, len(names[s:e]), *names[s:e], *common, *args)
+                    pipe.evalsha(
+                        self._sha, 1 + len(names[s:e]), self.epoch_key, *names[s:e], *common, *args
+                    )
                     if len(pipe) * self.chunk >= MAX_KEYS_PER_ROUND_TRIP:
                         replies += pipe.execute()  # bound the memory of huge cycles
                 replies += pipe.execute()
@@ -234,9 +332,12 @@ class RedisStateStore:
                     f"writing state to Redis at {self.url_shown} failed: {e}"
                 ) from None
         self._rtt("save", t0)
-        for s, (written, refused) in zip(bounds, replies, strict=True):
+        for s, (written, refused, wiped) in zip(bounds, replies, strict=True):
             result.written += int(written)
             result.refused += [keys[s + int(i) - 1] for i in refused]
+            result.wiped = result.wiped or bool(wiped)
+        if result.wiped:
+            self._lost_epoch(None)
         return result
 
     def ping(self) -> bool:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from stream_lstm.data.loading import KEY, TS
 from stream_lstm.events import InMessage, encode_event
-from stream_lstm.state import OFFSET_POS, Layout, Snapshot, apply_delta
+from stream_lstm.state import Layout, Snapshot, apply_delta, write_refused
 from stream_lstm.state_redis import SaveResult, newer
 
 
@@ -63,6 +63,30 @@ class MemoryStore:
     data: dict[str, bytes] = field(default_factory=dict)
     loads: int = 0  # round trips
     saves: int = 0
+    marker: str | None = "e0"  # the namespace's epoch marker (see RedisStateStore)
+    epoch: str = "e0"  # the marker as this store's user knows it
+    wipes: int = 0
+    _wiped: bool = False
+
+    def wipe(self) -> None:
+        """What FLUSHDB does: every record and the marker are gone."""
+        self.data.clear()
+        self.marker = None
+
+    def _check_epoch(self) -> bool:
+        """The marker is the known epoch; if not (after :meth:`wipe`), adopt a new one."""
+        if self.marker is not None and self.marker == self.epoch:
+            return True
+        if self.marker is None:
+            self.wipes += 1
+            self.marker = f"e{self.wipes}"
+        self.epoch = self.marker
+        self._wiped = True
+        return False
+
+    def wiped(self) -> bool:
+        w, self._wiped = self._wiped, False
+        return w
 
     @property
     def version(self) -> str:
@@ -73,6 +97,7 @@ class MemoryStore:
 
     def load(self, keys: Sequence[str]) -> list[bytes | None]:
         self.loads += 1
+        self._check_epoch()
         out = []
         for k in keys:
             rec = self.data.get(self._k(k))
@@ -84,15 +109,15 @@ class MemoryStore:
     def save(self, snap: Snapshot) -> SaveResult:
         self.saves += 1
         res = SaveResult()
+        if not self._check_epoch():
+            res.wiped = True
+            return res
         for k, fixed, rows in snap.items():
             name = self._k(k, snap.layout.version)
             cur = self.data.get(name)
-            new_off = int.from_bytes(fixed[OFFSET_POS : OFFSET_POS + 8], "little", signed=True)
-            if cur is not None:
-                old_off = int.from_bytes(cur[OFFSET_POS : OFFSET_POS + 8], "little", signed=True)
-                if old_off > new_off:
-                    res.refused.append(k)
-                    continue
+            if cur is not None and write_refused(cur, fixed):
+                res.refused.append(k)
+                continue
             self.data[name] = apply_delta(cur, fixed, rows, snap.layout)
             res.written += 1
         return res

@@ -4,6 +4,13 @@ Redis outages, signals, metrics and health.
 A tick is one ``consumer.consume(max_batch, max_wait)``: it closes when ``max_batch`` messages
 are there or ``max_wait_ms`` has passed. The commit cycle runs every ``commit_interval_ms``, on
 partition revocation, and on shutdown.
+
+Outputs that are not acknowledged (a forecast, dead letter or alert refused by the producer or
+not delivered) never let an offset move past them: the worker rewinds — forgets every state
+and offset since the last commit, seeks each partition back to it and consumes again, with a
+back-off while it keeps failing (unready meanwhile). Any other error is a crash path: the engine
+is halted first, so the shutdown (whose revocation would otherwise run a commit cycle) commits
+nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from stream_lstm.assembly import build_engine, counts
 from stream_lstm.config import WorkerSettings
 from stream_lstm.engine import Offsets
-from stream_lstm.errors import KafkaClientError
+from stream_lstm.errors import KafkaClientError, PublishError
 from stream_lstm.kafka import (
     commit_offsets,
     make_consumer,
@@ -47,6 +54,9 @@ class Worker:
         self.device = parts.device
         self.store, self.sink, self.engine = parts.store, parts.sink, parts.engine
         self.consumer = make_consumer(s.bootstrap, s.group, s.consumer_config())
+        self._publish_failed: PublishError | None = None  # seen where the loop cannot rewind
+        self._rewind_delay = 0.5  # back-off before consuming again after a rewind (doubles)
+        self._rewound = False  # unready since a rewind, until a commit succeeds
 
     # -- start-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -81,22 +91,35 @@ class Worker:
                 msgs = self.consumer.consume(num_messages=s.max_batch, timeout=wait)
                 now = time.monotonic()
                 self.parts.beat()
+                if self._publish_failed is not None:  # seen in a rebalance callback
+                    self._rewind(self._publish_failed)
+                    continue
                 batch = to_batch(msgs, s.input_topic)
-                if len(batch):
-                    self.engine.process(batch)
-                self.sink.poll()
-                self._guarded(self.engine.poll_commits, self._commit)
-                if now - last_commit >= commit_every:
-                    self._guarded(self.engine.commit_cycle, self._commit, wait=False)
-                    last_commit = time.monotonic()
-                self._guarded(self.parts.maybe_reload, s, self.metrics, self._commit)
+                try:
+                    if len(batch):
+                        self.engine.process(batch)
+                    self.sink.poll()
+                    self._guarded(self.engine.poll_commits, self._commit)
+                    if now - last_commit >= commit_every:
+                        self._guarded(self.engine.commit_cycle, self._commit, wait=False)
+                        last_commit = time.monotonic()
+                    self._guarded(self.parts.maybe_reload, s, self.metrics, self._commit)
+                except PublishError as e:
+                    self._rewind(e)
+                    continue
                 if now - last_lag >= 5.0:
                     self._update_lag()
+                    self.parts.check_input_topic()
                     last_lag = now
                 if now - last_log >= 30.0:
                     self._log_progress()
                     last_log = now
             self._commit_cycle()
+        except BaseException as e:
+            # a crash path (or undelivered outputs at the final cycle): nothing more is
+            # committed, not even by the revocation that closing the consumer runs
+            self.engine.halt(f"{type(e).__name__}: {e}")
+            raise
         finally:
             self._shutdown()
         return 0
@@ -124,6 +147,35 @@ class Worker:
         self.store.close()
         log.info("worker stopped: %s", self._counts())
 
+    # -- undelivered outputs -----------------------------------------------------------------
+    def _rewind(self, e: PublishError) -> None:
+        """Outputs were not acknowledged: commit nothing past them. Forget every state and
+        offset since the last commit, seek back to it, and consume again after a back-off."""
+        self._publish_failed = None
+        self.metrics.publish_failures.inc()
+        self.parts.ready = False  # until a commit cycle succeeds again
+        self._rewound = True
+        delay = self._rewind_delay
+        self._rewind_delay = min(delay * 2, 30.0)
+        self._guarded(self.engine.poll_commits, self._commit, block=True)  # flushed cycles
+        dropped = self.engine.rewind()
+        self.sink.reset()
+        targets = dict(self.engine.resume_at)
+        for (topic, p), offset in targets.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, p, offset))
+            except KafkaException as err:  # not assigned any more: its new owner consumes it
+                log.warning("seeking %s[%d] back to %d: %s", topic, p, offset, err)
+        log.error(
+            "outputs not acknowledged (%s): nothing is committed past them; %d cached states "
+            "dropped, consuming again from the last committed offsets %s in %.1f s",
+            e, dropped, {p: o for (_, p), o in sorted(targets.items())}, delay,
+        )  # fmt: skip
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self.stop_requested.is_set():
+            self.parts.beat()
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
     # -- commit cycle and rebalances -------------------------------------------------------------
     def _commit(self, offsets: Offsets) -> None:
         try:
@@ -144,14 +196,23 @@ class Worker:
             else:
                 self.metrics.commits.labels(outcome="failed").inc()
             raise KafkaClientError(f"offset commit failed: {err}", err) from None
+        if self._rewound and not self.stop_requested.is_set():
+            log.info("outputs acknowledged and offsets committed again: ready")
+            self.parts.ready = True
+        self._rewound = False
+        self._rewind_delay = 0.5
 
     def _commit_cycle(self, partitions: list[tuple[str, int]] | None = None) -> None:
         """A whole commit cycle, waiting for the Redis write (revocation, shutdown)."""
         self._guarded(self.engine.commit_cycle, self._commit, partitions)
 
     def _guarded(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        """Run a commit step; a refused or failed offset commit leaves the offsets pending for
+        the next cycle. Undelivered outputs (PublishError) are not that: they propagate."""
         try:
             fn(*args, **kw)
+        except PublishError:
+            raise
         except KafkaClientError as e:
             log.warning("%s; offsets stay pending until the next cycle", e)
 
@@ -162,7 +223,11 @@ class Worker:
     def _on_revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in parts]
         try:
-            self._commit_cycle(tps)
+            if self.engine.halted is None and self._publish_failed is None:
+                self._commit_cycle(tps)
+        except PublishError as e:
+            self._publish_failed = e  # the loop rewinds what it still owns
+            log.error("outputs not acknowledged at revocation, offsets not committed: %s", e)
         except Exception as e:
             log.error("commit cycle on revocation failed, offsets not committed: %s", e)
         finally:

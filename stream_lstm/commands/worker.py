@@ -56,6 +56,14 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
         "--late-policy", choices=["dlq", "drop"], help="late events: dead-letter (default) or drop"
     )
     v.add_argument(
+        "--missing",
+        choices=["dlq", "ffill"],
+        help="a feature an event does not send (or sends as null): dlq dead-letters the event "
+        "(reason missing_feature; the default), ffill carries the key's previous value forward "
+        "(as `stream-lstm predict --missing ffill` does; a key's first event still needs every "
+        "feature)",
+    )
+    v.add_argument(
         "--max-future-ms",
         type=int,
         help="refuse ts further ahead than this (default 1 day; -1: off)",
@@ -167,6 +175,7 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         device=args.device,
         threads=args.threads,
         late_policy=args.late_policy,
+        missing=args.missing,
         max_future_ms=args.max_future_ms,
         max_message_bytes=args.max_message_bytes,
         max_key_bytes=args.max_key_bytes,
