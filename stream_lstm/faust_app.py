@@ -316,6 +316,8 @@ class FaustForecaster:
     async def _on_assigned(self, sender: Any, *args: Any, **_: Any) -> None:
         assigned: set[TP] = args[0]
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.s.input_topic)
+        if self._started is not None and self._started.done():
+            await asyncio.to_thread(self.parts.check_input_topic)
         self.metrics.assigned.set(len(mine))
         log.info("assigned %s", mine)
 

@@ -217,6 +217,8 @@ class Worker:
             log.warning("%s; offsets stay pending until the next cycle", e)
 
     def _on_assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        # before any event of these partitions: is the topic still the one the records know?
+        self.parts.check_input_topic()
         self.metrics.assigned.inc(len(parts))
         log.info("assigned %s", sorted(tp.partition for tp in parts))
 
