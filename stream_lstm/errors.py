@@ -6,6 +6,9 @@ topic (see ``events.py``). Exceptions here are for things an operator must fix.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class StreamLSTMError(Exception):
     """Root of every error this package raises on purpose.
@@ -53,3 +56,17 @@ class KafkaClientError(StreamLSTMError):
 
 class PublishError(KafkaClientError):
     """Forecasts or dead letters could not be delivered; offsets must not be committed."""
+
+
+def read_error(path: Path, e: OSError) -> ModelError:
+    """An OS error reading a model file or directory, as an error that says what to check."""
+    if isinstance(e, PermissionError):
+        return ModelError(
+            f"cannot read {path}: permission denied for this process (uid {os.geteuid()}). "
+            "The model files must be readable, and the directories above them searchable, by the "
+            "user that runs stream-lstm: check their owner and mode (`ls -ld`; `chmod -R a+rX` "
+            "lets every user read them)"
+        )
+    if isinstance(e, IsADirectoryError):
+        return ModelError(f"cannot read {path}: it is a directory, not a file")
+    return ModelError(f"cannot read {path}: {e.strerror or e}; check the file and its file system")

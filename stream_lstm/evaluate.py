@@ -23,6 +23,7 @@ from stream_lstm.data.calendar import MS_PER_DAY
 from stream_lstm.data.loading import KEY, TS
 from stream_lstm.data.splits import SplitPoints
 from stream_lstm.errors import DataError
+from stream_lstm.model.artifact import write_file
 from stream_lstm.model.runtime import Forecaster
 
 METHODS = ("model", "persistence", "seasonal_naive")
@@ -224,7 +225,8 @@ def _samples(
 
 
 def write_report(directory: Path, metrics: dict[str, Any]) -> None:
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default))
+    data = json.dumps(metrics, indent=1, default=_json_default).encode()
+    write_file(directory / "metrics.json", data)
 
 
 def _json_default(o: object) -> object:

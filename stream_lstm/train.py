@@ -38,7 +38,7 @@ from stream_lstm.data.loading import (
 from stream_lstm.data.splits import SplitPoints, split_points
 from stream_lstm.data.windows import horizon_targets
 from stream_lstm.errors import ConfigError, DataError
-from stream_lstm.model.artifact import Artifact, build_module, save_artifact
+from stream_lstm.model.artifact import Artifact, build_module, check_output_dir, save_artifact
 from stream_lstm.model.cnn_lstm_attn import CNNLSTMAttention
 from stream_lstm.model.lstm import LSTMForecaster
 from stream_lstm.model.runtime import Forecaster
@@ -440,9 +440,12 @@ def _window_val_loss(
 def train(
     path: Path, spec: SeriesSpec, opts: TrainOptions, out: Path
 ) -> tuple[Artifact, dict[str, Any]]:
-    """Prepare, fit, save the artifact, evaluate on the test span, write metrics and plots."""
+    """Prepare, fit, save the artifact, evaluate on the test span, write metrics and plots.
+
+    ``out`` is checked first: a path that cannot be written fails before any data is read."""
     from stream_lstm import evaluate as ev
 
+    check_output_dir(out)
     prep = prepare(path, spec, opts)
     for line in prep.report.lines():
         log.info("data: %s", line)

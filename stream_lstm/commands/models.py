@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from stream_lstm.errors import ConfigError
+from stream_lstm.errors import ConfigError, ModelError, read_error
 
 HELP = "list model artifacts: version, kind, data, shape, test metrics against the baselines"
 
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "List the model artifacts in the given directories (an artifact directory itself, "
             "or a directory holding artifacts): version, kind, features → targets, time step, "
             "horizon, the data it was trained on, and its test RMSE next to the seasonal-naive "
-            "baseline. Reads config.json and metrics.json only: nothing is loaded or unpickled."
+            "baseline. Reads config.json and metrics.json only: nothing is loaded or unpickled. "
+            "An artifact that cannot be read is listed with the reason, and the command then "
+            "exits with code 2."
         ),
         epilog="example: stream-lstm models artifacts/  ·  stream-lstm models --json models/a",
     )
@@ -29,16 +32,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _is_artifact(d: Path) -> bool:
-    return (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+def _is_artifact(d: Path, strict: bool = False) -> bool:
+    try:
+        return (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+    except PermissionError:
+        if strict:
+            raise
+        return True  # in a folder, one that cannot be looked into is listed with the reason
 
 
 def find_artifacts(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for p in paths:
-        if not p.is_dir():
-            raise ConfigError(f"{p} is not a directory (give an artifact or a folder of them)")
-        found += [p] if _is_artifact(p) else sorted(d for d in p.iterdir() if _is_artifact(d))
+        try:
+            if not p.is_dir():
+                raise ConfigError(f"{p} is not a directory (give an artifact or a folder of them)")
+            found += (
+                [p]
+                if _is_artifact(p, strict=True)
+                else sorted(d for d in p.iterdir() if _is_artifact(d))
+            )
+        except OSError as e:
+            raise read_error(p, e) from None
     return found
 
 
@@ -46,12 +61,21 @@ def describe(d: Path) -> dict[str, Any]:
     """One artifact's summary from its JSON files (a broken file is reported, not raised)."""
     row: dict[str, Any] = {"path": str(d)}
     try:
+        os.stat(d / "config.json")
+    except PermissionError as e:  # the directory itself cannot be searched
+        return row | {"error": str(read_error(d, e))}
+    except OSError:
+        pass  # reported below
+    try:
         cfg = json.loads((d / "config.json").read_text())
         version = (d / "VERSION").read_text().strip() if (d / "VERSION").is_file() else None
         metrics = (
             json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
         )
-    except (OSError, ValueError) as e:
+        trained = (d / "model.safetensors").stat().st_mtime
+    except OSError as e:
+        return row | {"error": str(read_error(Path(e.filename) if e.filename else d, e))}
+    except ValueError as e:
         return row | {"error": f"unreadable: {e}"}
     data = cfg.get("data") or {}
     scores = (metrics.get("evaluation") or {}).get("scores") or {}
@@ -73,7 +97,7 @@ def describe(d: Path) -> dict[str, Any]:
         "test_rmse": rmse("model"),
         "seasonal_naive_rmse": rmse("seasonal_naive"),
         "persistence_rmse": rmse("persistence"),
-        "trained": (d / "model.safetensors").stat().st_mtime,
+        "trained": trained,
     }
 
 
@@ -81,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     rows = [describe(d) for d in find_artifacts(args.paths)]
@@ -88,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         for r in rows:
             console.print_json(json.dumps(r), indent=None)
-        return 0
+        return _exit_code(rows)
     if not rows:
         console.print(
             f"no artifacts in {', '.join(map(str, args.paths))} (train one: stream-lstm train)"
@@ -102,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         t.add_column(col, justify="right" if right else "left")
     for r in rows:
         if "error" in r:
-            t.add_row(r["path"], "[red]" + r["error"] + "[/red]", *[""] * 8)
+            t.add_row(r["path"], "[red]" + escape(r["error"]) + "[/red]", *[""] * 8)
             continue
         fmt = lambda v: "–" if v is None else f"{v:,.3g}"  # noqa: E731
         t.add_row(
@@ -113,4 +138,15 @@ def run(args: argparse.Namespace) -> int:
             dt.datetime.fromtimestamp(r["trained"]).strftime("%Y-%m-%d"),
         )  # fmt: skip
     console.print(t)
+    return _exit_code(rows)
+
+
+def _exit_code(rows: list[dict[str, Any]]) -> int:
+    """0, or an error (exit 2) naming the artifacts that could not be read, after the listing."""
+    bad = [r for r in rows if "error" in r]
+    if bad:
+        raise ModelError(
+            f"{len(bad)} of {len(rows)} artifacts could not be read: "
+            + "; ".join(f"{r['path']}: {r['error']}" for r in bad)
+        )
     return 0

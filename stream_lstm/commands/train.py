@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "split chronologically, train with Adam (TBPTT for the stateful lstm), stop early on "
             "the validation loss, then evaluate on the test span against persistence and seasonal "
             "naive baselines. Writes config.json, model.safetensors, scaler.json, metrics.json, "
-            "VERSION and plots/ to --out. Settings also come from STREAM_LSTM_TRAIN_* variables "
-            "or a [train] table in --config."
+            "VERSION and plots/ to --out (checked for writing first, before any data is read; "
+            "files get mode 0666 minus the umask). Settings also come from STREAM_LSTM_TRAIN_* "
+            "variables or a [train] table in --config."
         ),
         epilog="example: stream-lstm train --dataset vic_elec --out models/vic_elec",
     )
@@ -122,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         repair_window=args.repair_window,
         repair_k=args.repair_k,
     )
+    from stream_lstm.model.artifact import check_output_dir
+
+    check_output_dir(s.out)  # before any data is read: not after an hour of training
     path, spec, preset = resolve_series(s)
     base: dict[str, Any] = dict(preset.train_defaults) if preset else {}
 

@@ -10,6 +10,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,3 +127,46 @@ def test_images_and_pods_run_as_the_same_non_root_user() -> None:
     assert user and user[-1] != ("0", "0"), "the image's last USER must be a numeric non-root one"
     k8s = (ROOT / "deploy/k8s/deployment.yaml").read_text()
     assert f"runAsUser: {user[-1][0]}" in k8s and "runAsNonRoot: true" in k8s
+
+
+def _compose() -> dict[str, Any]:
+    res = run("docker-compose", "-f", "docker-compose.yml", "config")
+    assert res.returncode == 0, res.stderr
+    doc: dict[str, Any] = yaml.safe_load(res.stdout)
+    return doc
+
+
+def test_the_models_volume_is_mounted_where_the_image_creates_it_for_its_user() -> None:
+    """A named volume is created as a copy of the image's directory at its mount point, owner
+    included; a mount point the image lacks is created root-owned, and the trainer (the image's
+    non-root user) could not write the model the workers wait for."""
+    services = _compose()["services"]
+    mounts = {
+        name: {
+            v.split(":")[1]: v.split(":")[2] if v.count(":") > 1 else "rw"
+            for v in svc.get("volumes", [])
+            if v.split(":")[0] == "models"
+        }
+        for name, svc in services.items()
+    }
+    (target,) = mounts["trainer"]
+    assert mounts["trainer"][target] == "rw"
+    assert {s for s, m in mounts.items() if m} == {"trainer", "worker-1", "worker-2"}
+    assert mounts["worker-1"] == mounts["worker-2"] == {target: "ro"}
+    out = services["trainer"]["command"][services["trainer"]["command"].index("--out") + 1]
+    model = services["worker-1"]["environment"]["STREAM_LSTM_MODEL"]
+    assert out == model and model.startswith(target + "/")
+
+    docker = (ROOT / "deploy/Dockerfile").read_text().replace("\\\n", " ")
+    final = docker[docker.rindex("\nFROM ") :]  # the image's stage
+    user = re.findall(r"^USER (\d+):(\d+)$", final, re.M)[-1]
+    created = [
+        i
+        for i, line in enumerate(final.splitlines())
+        if line.startswith("RUN ")
+        and re.search(rf"\bmkdir -p (\S+ )*{re.escape(target)}( |&|$)", line)
+        and re.search(rf"\bchown {user[0]}:{user[1]} (\S+ )*{re.escape(target)}( |&|$)", line)
+    ]
+    assert created, f"deploy/Dockerfile must create {target} owned by {user[0]}:{user[1]}"
+    last_user = max(i for i, line in enumerate(final.splitlines()) if line.startswith("USER "))
+    assert created[0] < last_user, "created after USER: chown would run as the non-root user"

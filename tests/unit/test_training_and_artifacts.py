@@ -1,8 +1,9 @@
-"""Training, artifacts (round trip, no pickle, tamper checks), predict, scaler on train only."""
+"""Training, artifacts (round trip, no pickle, content-hash checks), predict, scaler on train only."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
 from stream_lstm.errors import ModelError
-from stream_lstm.model.artifact import load_artifact
+from stream_lstm.model.artifact import content_version, load_artifact
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.model.scaling import Scaler
 from stream_lstm.predict import predict_frame
@@ -83,18 +84,66 @@ def test_lstm_weights_keep_torch_names(tiny_model: Path) -> None:
     )
 
 
+class _Trap:
+    """Unpickling this makes a directory: proof that a file was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.mkdir, (str(self.marker),))
+
+
 def test_pickle_in_place_of_safetensors_is_refused(tiny_model: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(tiny_model, bad)
-    (bad / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    with pytest.raises(ModelError, match="modified after it was written"):
+    marker = tmp_path / "unpickled"
+    (bad / "model.safetensors").write_bytes(pickle.dumps({"weights": _Trap(marker)}))
+    with pytest.raises(ModelError, match="does not match its VERSION"):
         load_artifact(bad)  # the content hash catches it first
     # even with a matching VERSION, the file is never unpickled
-    from stream_lstm.model.artifact import content_version
-
     (bad / "VERSION").write_text(content_version(bad))
     with pytest.raises(ModelError, match=r"not a safetensors file.*never loads pickled"):
         load_artifact(bad)
+    assert not marker.exists()
+    pickle.loads((bad / "model.safetensors").read_bytes())  # the trap works when unpickled
+    assert marker.is_dir()
+
+
+def test_the_content_hash_detects_corruption_and_partial_copies_but_is_not_a_signature(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """What README's guarantee and docs/artifact.md say VERSION does, and does not, protect."""
+    original = load_artifact(tiny_model)
+    weights = (tiny_model / "model.safetensors").read_bytes()
+    corrupt = bytearray(weights)
+    corrupt[-1] ^= 0x01  # one bit of the last tensor's data: still a valid safetensors file
+    refused = {
+        "one corrupted weight byte": bytes(corrupt),
+        "a partial copy": weights[: len(weights) // 2],
+        "an empty file": b"",
+    }
+    for what, data in refused.items():
+        bad = shutil.copytree(tiny_model, tmp_path / what)
+        (bad / "model.safetensors").write_bytes(data)
+        with pytest.raises(ModelError, match=r"does not match its VERSION .*corrupt, incompletely"):
+            load_artifact(bad)  # VERSION as written by the trainer
+
+    # not a signature: whoever can write the directory can also write a matching VERSION, and
+    # changed weights then load (the defence is write access to the model path, README)
+    forged = shutil.copytree(tiny_model, tmp_path / "forged")
+    (forged / "model.safetensors").write_bytes(bytes(corrupt))
+    (forged / "VERSION").write_text(content_version(forged) + "\n")
+    loaded = load_artifact(forged)
+    assert loaded.version != original.version
+    a, b = original.module.state_dict(), loaded.module.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])], "the changed weights were loaded"
+
+    # a copy in progress over an older artifact: the new VERSION next to the old files
+    mixed = shutil.copytree(tiny_model, tmp_path / "mixed")
+    shutil.copy(forged / "VERSION", mixed / "VERSION")
+    with pytest.raises(ModelError, match=rf"\({loaded.version} recorded, {original.version} comp"):
+        load_artifact(mixed)
 
 
 def test_wrong_format_and_missing_files_are_refused(tiny_model: Path, tmp_path: Path) -> None:
