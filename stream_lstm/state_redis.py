@@ -15,12 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import redis
 
-from stream_lstm.config import redact_url
 from stream_lstm.errors import StateError
+from stream_lstm.redact import redact_url, url_has_credentials
 from stream_lstm.state import OFFSET_POS, Layout, Snapshot
 
 # KEYS: record keys. ARGV: TTL ms (0 = none), record size, fixed-part size, bytes of a ring row;
@@ -94,7 +93,7 @@ class RedisStateStore:
         on_rtt: Callable[[str, float], None] | None = None,
     ) -> None:
         self.url_shown = redact_url(url)
-        self._has_password = urlsplit(url).password is not None
+        self._has_password = url_has_credentials(url)
         self.namespace = namespace
         self.layout = layout
         self.version = layout.version
