@@ -8,6 +8,7 @@ acknowledged and the states written. The producer is idempotent with ``acks=all`
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -132,9 +133,18 @@ def cluster_metadata(
 def check_topics(
     bootstrap: str, options: Mapping[str, str] | None, topics: list[str], timeout_s: float = 15.0
 ) -> dict[str, int]:
-    """Partition count of each topic; a ConfigError names missing ones and how to create them."""
-    md = cluster_metadata(bootstrap, options, timeout_s)
-    missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+    """Partition count of each topic; a ConfigError names missing ones and how to create them.
+
+    A topic created a moment ago may not be in the broker's metadata yet: missing ones are
+    looked up again for up to 3 s before they are reported.
+    """
+    deadline = time.monotonic() + 3.0
+    while True:
+        md = cluster_metadata(bootstrap, options, timeout_s)
+        missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
     if missing:
         what = (
             f"topic {missing[0]} does not exist"
