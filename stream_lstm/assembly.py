@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from stream_lstm.config import WorkerSettings, redact_url
+from stream_lstm.config import WorkerSettings
 from stream_lstm.engine import Engine, EngineConfig, Offsets, layout_for
 from stream_lstm.errors import ConfigError, ModelError, StateError, StreamLSTMError
 from stream_lstm.events import DecoderConfig
@@ -29,6 +29,7 @@ from stream_lstm.kafka import (
 from stream_lstm.metrics import HealthServer, WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
+from stream_lstm.redact import redact_url
 from stream_lstm.scoring import resolve_steps
 from stream_lstm.state_redis import RedisStateStore
 from stream_lstm.train import pick_device

@@ -1,8 +1,11 @@
 """Typed, frozen settings: flags > environment (``STREAM_LSTM_…``) > TOML file > defaults.
 
 Each command has one settings class. The CLI passes only the flags a user actually gave, so an
-environment variable or a TOML value is never shadowed by an argparse default. Secrets are
-``SecretStr`` and never printed; URLs are shown through :func:`redact_url`.
+environment variable or a TOML value is never shadowed by an argparse default. Every command that
+talks to Kafka reads the connection through :class:`KafkaSettings` (the worker's own settings
+extend it), so ``STREAM_LSTM_BOOTSTRAP``, ``STREAM_LSTM_KAFKA_OPTIONS`` and the ``[worker]`` table
+of one config file serve the worker and the tools alike. Secrets are ``SecretStr`` or left out of
+``repr``; what is shown goes through :mod:`stream_lstm.redact`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BeforeValidator,
@@ -26,6 +28,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.redact import is_secret_kafka_key, redact_kafka
 
 if TYPE_CHECKING:
     from stream_lstm.scoring import ScoringConfig
@@ -79,6 +82,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_")
     toml_section: ClassVar[str] = ""
+    # fields whose flag is not --<field-name> (named in error messages)
+    flag_names: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -126,27 +131,12 @@ def build_settings(cls: type[S], config_file: Path | None = None, **flags: Any) 
                 known = ", ".join(sorted(cls.model_fields))
                 lines.append(f"unknown setting {name!r} (known: {known})")
                 continue
-            where = f"--{name.replace('_', '-')} / {prefix}{name.upper()}"
+            flag = cls.flag_names.get(name, f"--{name.replace('_', '-')}")
+            where = f"{flag} / {prefix}{name.upper()}"
             lines.append(f"{where}: {err['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
     finally:
         _TOML.reset(token)
-
-
-def redact_url(url: str) -> str:
-    """``redis://user:secret@host`` → ``redis://user:***@host``: safe for logs and errors."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class StackSettings(Settings):
@@ -234,36 +224,59 @@ def _kv_pairs(v: Any) -> Any:
         out = {}
         for item in v:
             if "=" not in item:
-                raise ValueError(f"expected key=value, got {item!r}")
+                shown = (
+                    "(not shown: it names a secret)" if is_secret_kafka_key(item) else repr(item)
+                )
+                raise ValueError(f"expected key=value, got {shown}")
             k, _, val = item.partition("=")
             out[k.strip()] = val.strip()
         return out
     return v
 
 
-# librdkafka properties whose values are secrets: never logged or printed
-SECRET_KAFKA_KEYS = (
-    "sasl.password",
-    "ssl.key.password",
-    "ssl.keystore.password",
-    "sasl.oauthbearer.client.secret",
-)
-
-
 KafkaOptions = Annotated[dict[str, str], NoDecode, BeforeValidator(_kv_pairs)]
 
 
-class WorkerSettings(Settings):
+class KafkaSettings(Settings):
+    """The Kafka connection of every command (worker, replay, tail, topics, dashboard): the same
+    environment variables and the same ``[worker]`` TOML table as the worker, so one config file
+    serves the worker and the tools. Other names in that table are the worker's: ignored here
+    (the worker itself refuses unknown ones)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="STREAM_LSTM_")
+    toml_section: ClassVar[str] = "worker"
+    flag_names: ClassVar[dict[str, str]] = {"kafka_options": "--kafka-option"}
+
+    bootstrap: str = "127.0.0.1:9092"
+    # librdkafka pass-through for every client (security settings); out of repr: secrets
+    kafka_options: KafkaOptions = Field(default_factory=dict, repr=False)
+
+    def kafka_shown(self) -> dict[str, str]:
+        """The pass-through librdkafka options with secret values masked."""
+        return redact_kafka(self.kafka_options)
+
+
+class TopicSettings(KafkaSettings):
+    """The Kafka connection and the worker's input and output topics (read by the dashboard)."""
+
+    input_topic: str = "events"
+    output_topic: str = "forecasts"
+
+
+class WorkerSettings(TopicSettings):
     """`stream-lstm worker`: flags, STREAM_LSTM_* variables, or a [worker] TOML table."""
 
     model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_")
-    toml_section: ClassVar[str] = "worker"
+    flag_names: ClassVar[dict[str, str]] = {
+        **KafkaSettings.flag_names,
+        "consumer_options": "--consumer-option",
+        "producer_options": "--producer-option",
+        "redis_connect_timeout_s": "--redis-connect-timeout",
+        "redis_outage_limit_s": "--redis-outage-limit",
+    }
 
     model: Path
     features: CsvList | None = None  # what producers send; checked against the model at start
-    bootstrap: str = "127.0.0.1:9092"
-    input_topic: str = "events"
-    output_topic: str = "forecasts"
     dlq_topic: str = "events-dlq"
     redis: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     group: str = "stream-lstm"
@@ -298,11 +311,10 @@ class WorkerSettings(Settings):
     # agent (faust_app.py), with Faust's web server off unless faust_web_port >= 0
     runtime: Literal["confluent", "faust"] = "confluent"
     faust_web_port: Annotated[int, Field(ge=-1, le=65535)] = -1
-    # librdkafka pass-through: `kafka_options` reach every client (security settings), the
-    # other two only the consumer (e.g. session.timeout.ms) or the producer (e.g. linger.ms)
-    kafka_options: KafkaOptions = Field(default_factory=dict)
-    consumer_options: KafkaOptions = Field(default_factory=dict)
-    producer_options: KafkaOptions = Field(default_factory=dict)
+    # librdkafka pass-through besides `kafka_options` (every client): the consumer only (e.g.
+    # session.timeout.ms) or the producer only (e.g. linger.ms)
+    consumer_options: KafkaOptions = Field(default_factory=dict, repr=False)
+    producer_options: KafkaOptions = Field(default_factory=dict, repr=False)
 
     @field_validator("score_steps")
     @classmethod
@@ -334,6 +346,7 @@ class WorkerSettings(Settings):
         return {**self.kafka_options, **self.producer_options}
 
     def kafka_shown(self) -> dict[str, str]:
-        """The pass-through librdkafka options with secret values masked."""
-        opts = {**self.kafka_options, **self.consumer_options, **self.producer_options}
-        return {k: ("***" if k in SECRET_KAFKA_KEYS else v) for k, v in opts.items()}
+        """All pass-through librdkafka options with secret values masked."""
+        return redact_kafka(
+            {**self.kafka_options, **self.consumer_options, **self.producer_options}
+        )

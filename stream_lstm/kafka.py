@@ -8,6 +8,7 @@ acknowledged and the states written. The producer is idempotent with ``acks=all`
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,10 +23,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+from confluent_kafka.admin._metadata import ClusterMetadata
 
-from stream_lstm.config import SECRET_KAFKA_KEYS
 from stream_lstm.errors import ConfigError, KafkaClientError, PublishError
 from stream_lstm.events import MessageBatch
+from stream_lstm.redact import redact_kafka, scrub
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,10 @@ def client_config(bootstrap: str, options: Mapping[str, str] | None = None) -> d
     return conf
 
 
-def redacted(conf: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if k in SECRET_KAFKA_KEYS else v) for k, v in conf.items() if not callable(v)}
+def _why(e: KafkaException) -> str:
+    """A client error's message (``KafkaError.str()``) without the repr around it."""
+    err = e.args[0] if e.args else None
+    return err.str() if isinstance(err, KafkaError) else str(e)
 
 
 def make_producer(
@@ -85,7 +89,9 @@ def make_producer(
     try:
         return Producer(conf)
     except KafkaException as e:
-        raise ConfigError(f"invalid Kafka producer settings {redacted(conf)}: {e}") from None
+        raise ConfigError(
+            f"invalid Kafka producer settings {redact_kafka(conf)}: {scrub(_why(e), conf)}"
+        ) from None
 
 
 def make_consumer(bootstrap: str, group: str, options: Mapping[str, str] | None) -> Consumer:
@@ -93,26 +99,33 @@ def make_consumer(bootstrap: str, group: str, options: Mapping[str, str] | None)
     try:
         return Consumer(conf)
     except KafkaException as e:
-        raise ConfigError(f"invalid Kafka consumer settings {redacted(conf)}: {e}") from None
+        raise ConfigError(
+            f"invalid Kafka consumer settings {redact_kafka(conf)}: {scrub(_why(e), conf)}"
+        ) from None
 
 
 def make_admin(bootstrap: str, options: Mapping[str, str] | None) -> AdminClient:
     return AdminClient(client_config(bootstrap, options))
 
 
-def check_topics(
-    bootstrap: str, options: Mapping[str, str] | None, topics: list[str], timeout_s: float = 15.0
-) -> dict[str, int]:
-    """Partition count of each topic; a ConfigError names missing ones and how to create them.
+def cluster_metadata(
+    bootstrap: str, options: Mapping[str, str] | None, timeout_s: float = 15.0
+) -> ClusterMetadata:
+    """The cluster's metadata (topics and their partitions).
 
     Reaching the broker proves the connection settings: refused credentials are reported as
     such (librdkafka itself only says "transport failure").
     """
     errors: list[KafkaError] = []
     conf: dict[str, Any] = {**client_config(bootstrap, options), "error_cb": errors.append}
-    admin = AdminClient(conf)
     try:
-        md = admin.list_topics(timeout=timeout_s)
+        admin = AdminClient(conf)
+    except KafkaException as e:
+        raise ConfigError(
+            f"invalid Kafka settings {redact_kafka(conf)}: {scrub(_why(e), conf)}"
+        ) from None
+    try:
+        return admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
         admin.poll(0.5)  # serve the error callbacks that say why
         auth = [x for x in errors if x.code() == KafkaError._AUTHENTICATION]
@@ -123,10 +136,31 @@ def check_topics(
             ) from None
         why = errors[0].str() if errors else str(e)
         raise KafkaClientError(f"cannot reach Kafka at {bootstrap}: {why}", e) from None
-    missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+
+
+def check_topics(
+    bootstrap: str, options: Mapping[str, str] | None, topics: list[str], timeout_s: float = 15.0
+) -> dict[str, int]:
+    """Partition count of each topic; a ConfigError names missing ones and how to create them.
+
+    A topic created a moment ago may not be in the broker's metadata yet: missing ones are
+    looked up again for up to 3 s before they are reported.
+    """
+    deadline = time.monotonic() + 3.0
+    while True:
+        md = cluster_metadata(bootstrap, options, timeout_s)
+        missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
     if missing:
+        what = (
+            f"topic {missing[0]} does not exist"
+            if len(missing) == 1
+            else f"topics {', '.join(missing)} do not exist"
+        )
         raise ConfigError(
-            f"topic(s) {missing} do not exist on {bootstrap}; create them first, e.g. "
+            f"{what} on {bootstrap}; create {'it' if len(missing) == 1 else 'them'} first, e.g. "
             f"`stream-lstm topics create --bootstrap {bootstrap} "
             + " ".join(f"{t}:8" for t in missing)
             + "`"

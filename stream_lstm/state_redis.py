@@ -24,12 +24,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import redis
 
-from stream_lstm.config import redact_url
 from stream_lstm.errors import StateError
+from stream_lstm.redact import redact_url, url_has_credentials
 from stream_lstm.state import (
     HEADER,
     HEADER_V3,
@@ -143,7 +142,7 @@ class RedisStateStore:
         on_rtt: Callable[[str, float], None] | None = None,
     ) -> None:
         self.url_shown = redact_url(url)
-        self._has_password = urlsplit(url).password is not None
+        self._has_password = url_has_credentials(url)
         self.namespace = namespace
         self.layout = layout
         self.version = layout.version

@@ -8,12 +8,12 @@ import sys
 import threading
 from types import FrameType
 
-from stream_lstm.commands.replay import kafka_option_pairs
-from stream_lstm.config import WorkerSettings
+from stream_lstm.commands._kafka import add_kafka_flags, kafka_settings
+from stream_lstm.config import TopicSettings
 from stream_lstm.errors import ConfigError
 
-DEFAULT_INPUT_TOPIC = WorkerSettings.model_fields["input_topic"].default
-DEFAULT_OUTPUT_TOPIC = WorkerSettings.model_fields["output_topic"].default
+DEFAULT_INPUT_TOPIC = TopicSettings.model_fields["input_topic"].default
+DEFAULT_OUTPUT_TOPIC = TopicSettings.model_fields["output_topic"].default
 
 
 def _positive(text: str) -> int:
@@ -54,16 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(then open http://127.0.0.1:8050/)"
         ),
     )
-    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    add_kafka_flags(p, reads="bootstrap, kafka_options, input_topic and output_topic")
     p.add_argument(
         "--input-topic",
-        default=DEFAULT_INPUT_TOPIC,
-        help=f"topic of input events, read for the actuals (default {DEFAULT_INPUT_TOPIC})",
+        help="topic of input events, read for the actuals (env STREAM_LSTM_INPUT_TOPIC; default "
+        f"{DEFAULT_INPUT_TOPIC})",
     )
     p.add_argument(
         "--output-topic",
-        default=DEFAULT_OUTPUT_TOPIC,
-        help=f"topic of forecasts (default {DEFAULT_OUTPUT_TOPIC})",
+        help=f"topic of forecasts (env STREAM_LSTM_OUTPUT_TOPIC; default {DEFAULT_OUTPUT_TOPIC})",
     )
     p.add_argument(
         "--keys",
@@ -97,12 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=8050,
         help="port to listen on (default 8050; 0 picks a free one; the URL is printed)",
     )
-    p.add_argument(
-        "--kafka-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="librdkafka setting (repeatable), e.g. security.protocol=SASL_SSL",
-    )
     p.set_defaults(run=run)
 
 
@@ -122,9 +115,13 @@ def run(args: argparse.Namespace) -> int:
     from stream_lstm.kafka import check_topics
 
     keys = parse_keys(args.keys)
-    if args.input_topic == args.output_topic:
-        raise ConfigError("--input-topic and --output-topic must be different topics")
-    options = kafka_option_pairs(args.kafka_option)
+    s = kafka_settings(
+        args, TopicSettings, input_topic=args.input_topic, output_topic=args.output_topic
+    )
+    if s.input_topic == s.output_topic:
+        raise ConfigError(
+            f"--input-topic and --output-topic must be different topics (both {s.input_topic})"
+        )
     store = SeriesStore(keys, args.max_keys, args.history, args.target)
     try:  # bind first: a busy port is reported at once, before any wait on the broker
         dash = Dashboard(store, args.addr, args.port)
@@ -134,18 +131,18 @@ def run(args: argparse.Namespace) -> int:
             "(choose another --port, or 0 for a free one)"
         ) from None
     try:  # an unreachable broker or a missing topic is an error that says what to do
-        partitions = check_topics(args.bootstrap, options, [args.input_topic, args.output_topic])
+        partitions = check_topics(s.bootstrap, s.kafka_options, [s.input_topic, s.output_topic])
     except BaseException:
         dash.stop()
         raise
     feed = KafkaFeed(
         store,
-        args.bootstrap,
-        args.input_topic,
-        args.output_topic,
+        s.bootstrap,
+        s.input_topic,
+        s.output_topic,
         partitions,
         from_beginning=args.from_beginning,
-        options=options,
+        options=s.kafka_options,
     )
     stop = threading.Event()
 
@@ -158,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         dash.start()
         shown = f"keys {', '.join(keys)}" if keys else f"the first {args.max_keys} keys seen"
         print(
-            f"dashboard on {dash.url} ({shown}; {args.input_topic} → {args.output_topic}); "
+            f"dashboard on {dash.url} ({shown}; {s.input_topic} → {s.output_topic}); "
             "Ctrl-C to stop",
             flush=True,
         )

@@ -9,13 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stream_lstm.commands._data import add_data_flags, data_flags, resolve_series
-from stream_lstm.config import DataSettings, build_settings
-
-
-def kafka_option_pairs(values: list[str] | None) -> dict[str, str]:
-    from stream_lstm.config import _kv_pairs
-
-    return dict(_kv_pairs(values or []))
+from stream_lstm.commands._kafka import add_kafka_flags, kafka_settings
+from stream_lstm.config import DataSettings, KafkaSettings, build_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_data_flags(p)
     p.add_argument("--topic", required=True, help="topic to produce to")
-    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
     p.add_argument(
         "--rate", type=float, default=0.0, help="events per second (default: as fast as possible)"
     )
@@ -43,12 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--iso", action="store_true", help="send ts as ISO 8601 text instead of epoch ms"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--kafka-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="librdkafka setting (repeatable)",
-    )
+    add_kafka_flags(p)
     p.set_defaults(run=run)
 
 
@@ -57,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from stream_lstm.kafka import KafkaSink
     from stream_lstm.replay import RateLimiter, iter_events
 
+    k = kafka_settings(args, KafkaSettings)
     s = build_settings(DataSettings, None, **data_flags(args))
     path, spec, _ = resolve_series(s)
     frame, report = load_frame(path, spec)
@@ -66,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     total = args.limit or (None if args.loop else len(frame))
     if args.limit:
         events = itertools.islice(events, args.limit)
-    sink = KafkaSink(args.bootstrap, kafka_option_pairs(args.kafka_option))
+    sink = KafkaSink(k.bootstrap, k.kafka_options)
     limiter = RateLimiter(args.rate)
     console = Console(stderr=True)
     columns = [

@@ -8,29 +8,40 @@ import uuid
 
 from rich.console import Console
 
-from stream_lstm.commands.replay import kafka_option_pairs
+from stream_lstm.commands._kafka import add_kafka_flags, kafka_settings
+from stream_lstm.config import KafkaSettings
 from stream_lstm.errors import ConfigError, KafkaClientError
+
+# while messages that are not forecasts keep arriving, say how many so far this often
+NOT_FORECAST_REPORT_S = 10.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tail",
         help="print forecasts from a topic as they arrive",
-        description="Read a forecast topic (from its end by default); one line per forecast.",
+        description=(
+            "Read a forecast topic (from its end by default; all partitions, without joining a "
+            "consumer group) and print one line per forecast target. A message that is not a "
+            "forecast is shown once (the first, with its partition and offset, on stderr) and "
+            "then counted; the count is printed at the end and every "
+            f"{NOT_FORECAST_REPORT_S:.0f} s while more arrive. A missing topic exits with 2."
+        ),
         epilog="example: stream-lstm tail --topic forecasts --bootstrap 127.0.0.1:9092",
     )
     p.add_argument("--topic", required=True, help="forecast topic")
-    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-    p.add_argument("--from-beginning", action="store_true", help="start at the oldest forecast")
-    p.add_argument("--max", type=int, help="exit after this many forecasts")
-    p.add_argument("--timeout", type=float, help="exit after this many seconds without a forecast")
-    p.add_argument("--steps", type=int, default=6, help="horizon steps to show (default 6)")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
     p.add_argument(
-        "--kafka-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="librdkafka setting (repeatable)",
+        "--max",
+        type=int,
+        help="exit after reading this many messages from the topic: forecasts and messages "
+        "that are not forecasts alike (a forecast counts once, whatever its number of targets)",
     )
+    p.add_argument(
+        "--timeout", type=float, help="exit after this many seconds without a new message"
+    )
+    p.add_argument("--steps", type=int, default=6, help="horizon steps to show (default 6)")
+    add_kafka_flags(p)
     p.set_defaults(run=run_tail)
 
     t = sub.add_parser(
@@ -38,105 +49,141 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     acts = t.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = acts.add_parser(
-        "create", help="create topics (NAME[:PARTITIONS]; existing ones are left as they are)"
+        "create",
+        help="create topics (NAME[:PARTITIONS]; existing ones are left as they are)",
+        description="Create topics (NAME[:PARTITIONS], 1 partition by default); existing ones "
+        "are left as they are.",
+        epilog="example: stream-lstm topics create events:8 forecasts:8 events-dlq:1",
     )
     c.add_argument("topics", nargs="+", metavar="NAME[:PARTITIONS]")
-    c.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-    c.add_argument(
-        "--kafka-option", action="append", metavar="KEY=VALUE", help="librdkafka setting"
-    )
+    add_kafka_flags(c)
     c.set_defaults(run=run_create)
-    ls = acts.add_parser("list", help="list topics and their partition counts")
-    ls.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-    ls.add_argument(
-        "--kafka-option", action="append", metavar="KEY=VALUE", help="librdkafka setting"
+    ls = acts.add_parser(
+        "list",
+        help="list topics and their partition counts",
+        description="List the topics (not the internal ones) and their partition counts.",
     )
+    add_kafka_flags(ls)
     ls.set_defaults(run=run_list)
 
 
 def run_tail(args: argparse.Namespace) -> int:
     import pandas as pd
-    from confluent_kafka import KafkaError
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
 
     from stream_lstm.events import decode_forecast
-    from stream_lstm.kafka import make_consumer
+    from stream_lstm.kafka import check_topics, make_consumer
 
-    opts = {
-        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
-        **kafka_option_pairs(args.kafka_option),
-    }
-    c = make_consumer(args.bootstrap, f"stream-lstm-tail-{uuid.uuid4().hex[:8]}", opts)
-    c.subscribe([args.topic])
-    console = Console()
-    seen, last = 0, time.monotonic()
+    if args.max is not None and args.max < 1:
+        raise ConfigError(f"--max must be at least 1, got {args.max}")
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
+    k = kafka_settings(args, KafkaSettings)
+    # a missing topic or an unreachable broker: an error that says what to do (exit 2 / 1)
+    partitions = check_topics(k.bootstrap, k.kafka_options, [args.topic])[args.topic]
+    c = make_consumer(k.bootstrap, f"stream-lstm-tail-{uuid.uuid4().hex[:8]}", k.kafka_options)
+    start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
+    c.assign([TopicPartition(args.topic, p, start) for p in range(partitions)])
+    notes = Console(stderr=True, highlight=False)
+    read = other = 0
+    first_other = ""
+    last = time.monotonic()
+    reported_at, reported = last, 0
     try:
-        while args.max is None or seen < args.max:
+        while args.max is None or read < args.max:
             if args.timeout and time.monotonic() - last > args.timeout:
                 break
-            for m in c.consume(num_messages=500, timeout=0.5):
+            want = 500 if args.max is None else min(500, args.max - read)
+            for m in c.consume(num_messages=want, timeout=0.5):
                 err = m.error()
                 if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        console.print(f"[red]{err}[/red]")
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    if err.fatal() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        raise KafkaClientError(f"reading {args.topic}: {err.str()}", err)
+                    notes.print(f"kafka: {err.str()}", markup=False)
                     continue
+                read += 1
                 last = time.monotonic()
                 try:
                     f = decode_forecast(m.value() or b"")
-                except Exception:
-                    console.print(
-                        f"[yellow]not a forecast at {m.partition()}/{m.offset()}[/yellow]"
-                    )
+                except Exception as e:
+                    other += 1
+                    if other == 1:
+                        first_other = f"{m.partition()}/{m.offset()}"
+                        notes.print(
+                            f"not a forecast at partition/offset {first_other}: {e} "
+                            "(further ones are counted, not shown)",
+                            style="yellow",
+                            markup=False,
+                        )
                     continue
                 when = pd.Timestamp(f.ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M")
                 for target, vals in f.forecast.items():
                     shown = " ".join(f"{v:.4g}" for v in vals[: args.steps])
                     more = " …" if len(vals) > args.steps else ""
                     head = f"{when} {f.key} {target} [{f.model}] +1..+{len(vals)} {f.interval}"
-                    console.print(f"{head}: {shown}{more}")
-                seen += 1
-                if args.max is not None and seen >= args.max:
-                    break
+                    print(f"{head}: {shown}{more}", flush=True)
+            now = time.monotonic()
+            if other > reported and now - reported_at >= NOT_FORECAST_REPORT_S:
+                notes.print(f"{other} of {read} messages so far were not forecasts", markup=False)
+                reported_at, reported = now, other
     except KeyboardInterrupt:
         pass
     finally:
         c.close()
+    if other:
+        notes.print(
+            f"{other} of {read} messages read were not forecasts (the first at partition/offset "
+            f"{first_other})",
+            style="yellow",
+            markup=False,
+        )
     return 0
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-    from stream_lstm.kafka import make_admin
+    from stream_lstm.kafka import cluster_metadata, make_admin
 
-    admin = make_admin(args.bootstrap, kafka_option_pairs(args.kafka_option))
     new = []
     for spec in args.topics:
         name, _, parts = spec.partition(":")
         try:
             n = int(parts) if parts else 1
         except ValueError:
-            raise ConfigError(f"bad topic spec {spec!r}; use NAME or NAME:PARTITIONS") from None
+            n = 0
+        if not name or n < 1:
+            raise ConfigError(
+                f"bad topic spec {spec!r}; use NAME or NAME:PARTITIONS (PARTITIONS at least 1)"
+            )
         new.append(NewTopic(name, num_partitions=n, replication_factor=1))
-    console = Console()
+    k = kafka_settings(args, KafkaSettings)
+    cluster_metadata(k.bootstrap, k.kafka_options)  # unreachable, refused: a clear error first
+    admin = make_admin(k.bootstrap, k.kafka_options)
     for name, fut in admin.create_topics(new, operation_timeout=30).items():
         try:
             fut.result(timeout=30)
-            console.print(f"created {name}")
+            print(f"created {name}")
         except KafkaException as e:
             err = e.args[0]
-            if err.code() == 36:  # TOPIC_ALREADY_EXISTS
-                console.print(f"{name} exists")
+            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                print(f"{name} exists")
             else:
-                raise KafkaClientError(f"creating {name} failed: {err}", err) from None
+                raise KafkaClientError(
+                    f"creating {name} on {k.bootstrap} failed: {err.str()}", err
+                ) from None
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from stream_lstm.kafka import make_admin
+    from stream_lstm.kafka import cluster_metadata
 
-    md = make_admin(args.bootstrap, kafka_option_pairs(args.kafka_option)).list_topics(timeout=15)
+    k = kafka_settings(args, KafkaSettings)
+    md = cluster_metadata(k.bootstrap, k.kafka_options)
     for name in sorted(md.topics):
         if not name.startswith("__"):
-            Console().print(f"{name}\t{len(md.topics[name].partitions)} partition(s)")
+            print(f"{name}\t{len(md.topics[name].partitions)} partition(s)")
     return 0

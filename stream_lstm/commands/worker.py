@@ -9,21 +9,21 @@ import logging
 import sys
 from pathlib import Path
 
-from stream_lstm.config import WorkerSettings, build_settings
+from stream_lstm.commands._kafka import add_kafka_flags, kafka_settings
+from stream_lstm.config import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 
 def add_worker_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", type=Path, help="TOML file with a [worker] table (and [worker.kafka])"
+    add_kafka_flags(
+        p, reads="every setting (the option maps as [worker.kafka_options] tables and the like)"
     )
     p.add_argument("--model", type=Path, help="model artifact directory (required)")
     p.add_argument(
         "--features",
         help="the feature names producers send; the worker refuses to start if the model's differ",
     )
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:9092)")
     p.add_argument("--input-topic", help="topic of input events (default events)")
     p.add_argument("--output-topic", help="topic for forecasts (default forecasts)")
     p.add_argument("--dlq-topic", help="dead-letter topic for bad events (default events-dlq)")
@@ -135,12 +135,6 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
         help="give up after Redis fails this long (default 240 s)",
     )
     o.add_argument(
-        "--kafka-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="librdkafka setting for every client, e.g. security.protocol=SASL_SSL (repeatable)",
-    )
-    o.add_argument(
         "--consumer-option",
         action="append",
         metavar="KEY=VALUE",
@@ -155,12 +149,11 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
 
 
 def worker_settings(args: argparse.Namespace) -> WorkerSettings:
-    return build_settings(
+    return kafka_settings(
+        args,
         WorkerSettings,
-        args.config,
         model=args.model,
         features=args.features,
-        bootstrap=args.bootstrap,
         input_topic=args.input_topic,
         output_topic=args.output_topic,
         dlq_topic=args.dlq_topic,
@@ -192,7 +185,6 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         alert_warmup=args.alert_warmup,
         alerts_topic=args.alerts_topic,
         model_poll_s=args.model_poll_s,
-        kafka_options=args.kafka_option,
         consumer_options=args.consumer_option,
         producer_options=args.producer_option,
     )

@@ -121,6 +121,67 @@ def test_redis_password_wrong_fails_fast_right_works_and_never_leaks(
         assert f"127.0.0.1:{port}" in log
 
 
+# librdkafka properties that carry secrets; with security.protocol=PLAINTEXT librdkafka accepts
+# and ignores them, so the worker runs on the plain session broker with all of them set
+OAUTH = "oauth-" + unique("tok")
+KAFKA_SECRETS = {
+    "sasl.oauthbearer.config": f"principal=alice extension_traceId={OAUTH}-ext",
+    "sasl.oauthbearer.client.secret": f"{OAUTH}-client",
+    "ssl.key.pem": f"-----BEGIN PRIVATE KEY-----\n{OAUTH}-pem\n-----END PRIVATE KEY-----",
+    "ssl.key.password": f"{OAUTH}-keypass",
+    "ssl.keystore.password": f"{OAUTH}-storepass",
+    "sasl.password": f"{OAUTH}-sasl",
+}
+
+
+def test_secrets_in_url_queries_and_kafka_options_never_reach_the_log(
+    services: Services,
+    topic_factory: Callable[..., str],
+    synth_model: Path,
+    tmp_path: Path,
+    locked_redis: RedisServer,
+) -> None:
+    port = locked_redis.spec.port
+    topics = make_topics(topic_factory, partitions=2)
+    flags = [x for k, v in KAFKA_SECRETS.items() for x in ("--kafka-option", f"{k}={v}")]
+
+    def no_secret_in(log: str) -> None:
+        assert SECRET not in log, "the Redis password never reaches the log"
+        assert OAUTH not in log, "no secret Kafka option reaches the log"
+        assert "'sasl.oauthbearer.config': '***'" in log and "'ssl.key.pem': '***'" in log
+
+    # the password in the URL's query, wrong: a clear error that shows the URL masked
+    wrong = f"redis://127.0.0.1:{port}/0?password={SECRET}-wrong"
+    w = WorkerProc(synth_model, services.bootstrap, wrong, topics, unique("g"), tmp_path,
+                   *flags, "--log-level", "DEBUG").start()  # fmt: skip
+    assert run_to_exit(w) == 1
+    log = w.log_text()
+    assert f"error: Redis at redis://127.0.0.1:{port}/0?password=*** refused the credentials" in log
+    no_secret_in(log)
+
+    # a client refusing the settings prints them: masked
+    w = WorkerProc(synth_model, services.bootstrap, wrong, topics, unique("g"), tmp_path,
+                   *flags, "--producer-option", "linger.ms=soon").start()  # fmt: skip
+    assert run_to_exit(w) == 2
+    log = w.log_text()
+    assert "error: invalid Kafka producer settings" in log
+    no_secret_in(log)
+
+    # right: the worker runs (state written with the password from the query) and logs none
+    for url in (
+        f"redis://127.0.0.1:{port}/0?password={SECRET}",
+        f"redis://127.0.0.1:{port}/0?username=app&password={SECRET}-app",
+    ):
+        w = WorkerProc(synth_model, services.bootstrap, url, topics, unique("g"), tmp_path,
+                       *flags, "--log-level", "DEBUG").start()  # fmt: skip
+        feed_and_wait(w, services.bootstrap, topics.input, topics.output)
+        assert w.stop() == 0
+        log = w.log_text()
+        no_secret_in(log)
+        assert f"state in Redis redis://127.0.0.1:{port}/0?" in log and "password=***" in log
+    assert locked_redis.client().dbsize() > 0
+
+
 def _tls_material(d: Path) -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
     f = {

@@ -29,7 +29,7 @@ def test_missing_topics_are_named_with_the_command_that_creates_them(
     out, dlq = unique("no-out"), unique("no-dlq")
     assert main(argv(services, synth_model, inp, out, dlq)) == 2
     err = capsys.readouterr().err
-    assert f"topic(s) ['{out}', '{dlq}'] do not exist on {services.bootstrap}" in err
+    assert f"topics {out}, {dlq} do not exist on {services.bootstrap}; create them first" in err
     assert f"stream-lstm topics create --bootstrap {services.bootstrap} {out}:8 {dlq}:8" in err
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_lstm.config import StackSettings, build_settings, redact_url
+from stream_lstm.config import StackSettings, build_settings
 from stream_lstm.errors import ConfigError
 
 
@@ -56,15 +56,3 @@ def test_missing_or_broken_toml(tmp_path: Path) -> None:
     bad.write_text("[stack\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         build_settings(StackSettings, bad)
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("redis://:hunter2@h:6379/0", "redis://:***@h:6379/0"),
-        ("rediss://app:s3cret@cache.example:6380/1", "rediss://app:***@cache.example:6380/1"),
-        ("redis://h:6379/0", "redis://h:6379/0"),
-    ],
-)
-def test_redact_url(url: str, shown: str) -> None:
-    assert redact_url(url) == shown

@@ -244,7 +244,9 @@ def test_busy_port_fails_before_kafka_is_tried(
 def test_flags() -> None:
     p = build_parser()
     a = p.parse_args(["dashboard"])
-    assert (a.bootstrap, a.input_topic, a.output_topic) == ("127.0.0.1:9092", "events", "forecasts")
+    # no argparse defaults for what the environment or --config may give (tested in
+    # test_kafka_connection.py)
+    assert (a.bootstrap, a.input_topic, a.output_topic, a.config) == (None, None, None, None)
     assert (a.max_keys, a.history, a.port, a.addr) == (4, 500, 8050, "127.0.0.1")
     assert a.keys is None and a.target is None and not a.from_beginning
     a = p.parse_args(["dashboard", "--kafka-option", "a=1", "--kafka-option", "b=2", "--port", "0"])
@@ -259,9 +261,12 @@ def test_flags() -> None:
         parse_keys(" , ")
 
 
-def test_default_topics_match_the_worker() -> None:
-    from stream_lstm.config import WorkerSettings
+def test_default_topics_match_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_lstm.config import TopicSettings, WorkerSettings, build_settings
 
-    a = build_parser().parse_args(["dashboard"])
-    assert a.input_topic == WorkerSettings.model_fields["input_topic"].default
-    assert a.output_topic == WorkerSettings.model_fields["output_topic"].default
+    for var in ("STREAM_LSTM_INPUT_TOPIC", "STREAM_LSTM_OUTPUT_TOPIC"):
+        monkeypatch.delenv(var, raising=False)
+    s = build_settings(TopicSettings)
+    w = build_settings(WorkerSettings, model="m")
+    assert (s.input_topic, s.output_topic) == (w.input_topic, w.output_topic)
+    assert (s.input_topic, s.output_topic) == ("events", "forecasts")
