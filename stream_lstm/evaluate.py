@@ -145,10 +145,11 @@ def evaluate(
     points: SplitPoints | None,
     split: str = "test",
     season: int | None = None,
+    missing: str = "dlq",
 ) -> EvalResult:
     cfg = fc.config
     targets, H, dt = list(cfg.targets), cfg.horizon, cfg.interval_ms
-    rows = stream_rows(frame, list(cfg.features))
+    rows = stream_rows(frame, list(cfg.features), missing)
     if rows.empty:
         raise DataError("no row has every feature the model needs")
     ts = rows[TS].to_numpy()

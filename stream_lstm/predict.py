@@ -3,7 +3,8 @@
 For each row, the forecast the stream worker publishes after consuming that row, with each
 key's state carried from its first row in the file. Rows the worker would not apply get no
 forecast: a duplicate (key, time) after the first, and a row with a missing feature value
-(the worker dead-letters both).
+(the worker dead-letters both) — unless ``missing="ffill"``, where a missing value takes the
+key's previous one, as ``worker --missing ffill`` does.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from stream_lstm.evaluate import stream_rows
 from stream_lstm.model.runtime import Forecaster
 
 
-def predict_frame(fc: Forecaster, frame: pd.DataFrame) -> pd.DataFrame:
+def predict_frame(fc: Forecaster, frame: pd.DataFrame, missing: str = "dlq") -> pd.DataFrame:
     """Long form ``key, ts, target, h, value`` (+ ``quantile``), original units.
 
     ``ts`` is the event time (UTC); ``h`` runs 1..H. Deterministic: the same artifact and file
     give the same numbers.
     """
     cfg = fc.config
-    rows = stream_rows(frame, list(cfg.features))
+    rows = stream_rows(frame, list(cfg.features), missing)
     y_std = fc.forecast_frame(rows)  # [N, H, n_t, n_q]
     y = fc.to_original(y_std, rows[KEY].tolist())  # [N, H, n_t, n_q]
     N, H, n_t, n_q = y.shape
@@ -48,9 +49,11 @@ def predict_frame(fc: Forecaster, frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def predict_file(fc: Forecaster, path: Path, spec: SeriesSpec, out: Path) -> pd.DataFrame:
+def predict_file(
+    fc: Forecaster, path: Path, spec: SeriesSpec, out: Path, missing: str = "dlq"
+) -> pd.DataFrame:
     frame, _ = load_frame(path, spec)
-    result = predict_frame(fc, frame)
+    result = predict_frame(fc, frame, missing)
     suffix = out.suffix.lower()
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix in {".parquet", ".pq"}:

@@ -40,6 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which span to score, with the model's training cut dates (default test)",
     )
     p.add_argument("--season", type=int, help="seasonal naive period in steps (default: inferred)")
+    p.add_argument(
+        "--missing",
+        choices=["dlq", "ffill"],
+        default="dlq",
+        help="rows with a missing feature value: dlq skips them, as the worker dead-letters "
+        "such events (default); ffill carries each key's previous value forward, as "
+        "`worker --missing ffill` does",
+    )
     p.add_argument("--out", type=Path, help="JSON file to write (default <model>/evaluation.json)")
     p.add_argument("--plots", type=Path, help="directory for PNG plots (default: none)")
     p.set_defaults(run=run)
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if not cut:
             raise ConfigError("the model records no split dates; use --split all")
         points = SplitPoints(int(cut["val_start_ms"]), int(cut["test_start_ms"]))
-    result = evaluate(Forecaster(artifact), frame, points, args.split, args.season)
+    result = evaluate(Forecaster(artifact), frame, points, args.split, args.season, args.missing)
     out = args.out or args.model / "evaluation.json"
     out.write_text(
         json.dumps({"model": artifact.version, "data": str(path), **result.to_json()}, indent=1)

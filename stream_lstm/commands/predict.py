@@ -29,6 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="artifact directory")
     add_data_flags(p, columns=False)
     p.add_argument("--out", type=Path, required=True, help="output file, .csv or .parquet")
+    p.add_argument(
+        "--missing",
+        choices=["dlq", "ffill"],
+        default="dlq",
+        help="rows with a missing feature value: dlq skips them, as the worker dead-letters "
+        "such events (default); ffill carries each key's previous value forward, as "
+        "`worker --missing ffill` does",
+    )
     p.set_defaults(run=run)
 
 
@@ -41,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = artifact.config
     s = build_settings(DataSettings, None, **data_flags(args))
     path, spec, _ = resolve_series(s, cfg.data, (list(cfg.features), list(cfg.targets)))
-    result = predict_file(Forecaster(artifact), path, spec, args.out)
+    result = predict_file(Forecaster(artifact), path, spec, args.out, args.missing)
     rows = len(result) // max(1, cfg.horizon * cfg.n_targets * cfg.n_quantiles)
     Console().print(
         f"{rows} rows forecast ({len(result)} values) with model {artifact.version} → {args.out}"
