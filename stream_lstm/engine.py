@@ -186,7 +186,7 @@ class Engine:
     def use_model(self, forecaster: Forecaster) -> None:
         """Run ``forecaster`` from now on. At start-up, and for a hot model switch: the driver
         runs a whole commit cycle first, the store moves to the new version's layout, and every
-        key is loaded again from Redis (rebuilt from its stored window, DESIGN.md's policy)."""
+        key is loaded again from Redis (rebuilt from its stored window: docs/architecture.md)."""
         self.fc = forecaster
         self.mcfg = mc = forecaster.config
         # the given limits (or the defaults), the model's columns
@@ -637,7 +637,7 @@ class Engine:
         *,
         wait: bool = True,
     ) -> bool:
-        """producer flush → Redis write of dirty states → offset commit (DESIGN.md's order).
+        """producer flush → Redis write of dirty states → offset commit (docs/architecture.md).
 
         ``partitions`` limits the cycle to those (on revocation). With ``wait=False`` and a
         background writer (``start_writer``), the Redis write runs off the hot loop and the

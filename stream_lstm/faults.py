@@ -3,8 +3,8 @@
 ``STREAM_LSTM_FAILPOINT=after_flush@3`` SIGKILLs the process the 3rd time it reaches
 ``after_flush`` (several: ``after_flush@3,after_save@5``). Points: ``after_flush`` (forecasts
 acknowledged, states not yet written) and ``after_save`` (states written, offsets not yet
-committed): the two crash windows DESIGN.md reasons about. Unset (always, outside tests), a
-fail point costs one dict truthiness check.
+committed): the two crash windows docs/architecture.md reasons about. Unset (always, outside
+tests), a fail point costs one dict truthiness check.
 """
 
 from __future__ import annotations

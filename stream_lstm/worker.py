@@ -161,11 +161,19 @@ class Worker:
         dropped = self.engine.rewind()
         self.sink.reset()
         targets = dict(self.engine.resume_at)
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         for (topic, p), offset in targets.items():
+            if (topic, p) not in owned:
+                continue  # revoked meanwhile: its new owner consumes it from the last commit
             try:
                 self.consumer.seek(TopicPartition(topic, p, offset))
-            except KafkaException as err:  # not assigned any more: its new owner consumes it
-                log.warning("seeking %s[%d] back to %d: %s", topic, p, offset, err)
+            except KafkaException as err:
+                # consuming on from here would skip what was dropped: a crash path instead
+                # (nothing is committed; a restart resumes from the last commit)
+                raise KafkaClientError(
+                    f"cannot seek {topic}[{p}] back to {offset} after undelivered outputs: {err}",
+                    err,
+                ) from None
         log.error(
             "outputs not acknowledged (%s): nothing is committed past them; %d cached states "
             "dropped, consuming again from the last committed offsets %s in %.1f s",
