@@ -140,6 +140,19 @@ class WorkerProc:
         m = self.metrics() or {}
         return float(m.get(name, 0.0))
 
+    def wait_up(self, timeout: float = 120) -> None:
+        """Until the worker owns partitions: its start-up (imports, model, Redis, topics) is
+        done. Tests start their producer after it, so a slow machine does not let the input
+        end before the fault it means to inject."""
+        deadline = time.monotonic() + timeout
+        while self.metric("stream_lstm_assigned_partitions") < 1:
+            if not self.alive():
+                raise AssertionError(
+                    f"worker exited ({self.proc and self.proc.returncode}); see {self.log}"
+                )
+            assert time.monotonic() < deadline, f"not up within {timeout} s; see {self.log}"
+            time.sleep(0.1)
+
     def wait_first_forecast(self, timeout: float = 90) -> float:
         """Seconds from this process's start to its first forecast."""
         deadline = time.monotonic() + timeout

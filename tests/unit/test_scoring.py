@@ -19,7 +19,7 @@ from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.scoring import Alert, ScoringConfig, decode_alert, resolve_steps
-from stream_lstm.state import HEADER_V2, MAGIC_V2, decode_any
+from stream_lstm.state import HEADER, HEADER_V2, MAGIC_V2, decode_any
 from stream_lstm.testing import MemorySink, MemoryStore, frame_events, ticks, to_messages
 from stream_lstm.train import train
 
@@ -278,7 +278,7 @@ def test_old_format_records_are_rebuilt(tiny_model: Path, synth_csv: Path) -> No
     eng0.commit_cycle(lambda o: None)
     # rewrite every record in the old format: header without the four score fields
     for k, rec in list(old_store.data.items()):
-        extra = 8  # the new header fields
+        extra = HEADER.itemsize - HEADER_V2.itemsize  # the header fields added since
         body = rec[: HEADER_V2.itemsize] + rec[HEADER_V2.itemsize + extra :]
         old_store.data[k] = MAGIC_V2 + body[4:]
         d = decode_any(old_store.data[k])
