@@ -300,10 +300,10 @@ class WorkerSettings(TopicSettings):
     flush_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     # live forecast scoring and excursion alerts (stream_lstm/scoring.py)
     score_steps: str = "auto"  # auto, all, none, or a list like 1,6,24
-    residual_alpha: Annotated[float, Field(gt=0, le=1)] = 0.05
-    alert_sigma: Annotated[float, Field(ge=0)] = 4.0
+    residual_alpha: Annotated[float, Field(gt=0, le=1)] = 0.02
+    alert_sigma: Annotated[float, Field(ge=0)] = 6.0
     alert_interval: bool = True
-    alert_warmup: Annotated[int, Field(ge=0)] = 24
+    alert_warmup: Annotated[int, Field(ge=0)] = 48
     alerts_topic: str | None = None  # None: alerts are counted in metrics, not produced
     # hot model reload: look at the --model path this often for a new version (0: never)
     model_poll_s: Annotated[float, Field(ge=0)] = 10.0

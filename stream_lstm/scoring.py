@@ -12,16 +12,21 @@ The one-step residual ``r = actual - forecast(step 1)`` feeds an exponentially w
 variance per key and target (``alpha``; during the first ``1/alpha`` residuals, the plain running
 mean and variance; once warm, a residual is clipped at the threshold before it is added). An
 actual is *outside* when ``|r - mean| > sigma · std`` (after ``warmup`` residuals) or, for models
-with quantiles, when it leaves the forecast interval. A key's *excursion* opens with its first
-outside actual — one ``open`` alert — and closes at the next actual inside — one ``close`` alert
-with how many actuals were outside and the peak score — so one ongoing excursion never floods the
-alerts topic. The alert decision uses the statistics from before the residual is added.
+with quantiles, when it lies farther from the median than ``sigma`` standard deviations as the
+forecast's interval implies them (the distance from the median to the highest quantile ``q`` is
+``Φ⁻¹(q)`` of them; likewise below), and at least outside the interval (the plain interval
+would flag ``1 - coverage`` of all actuals by design: a fifth for a 0.1-0.9 interval). A key's
+*excursion* opens with its first outside actual — one ``open`` alert — and closes at the next
+actual inside — one ``close`` alert with how many actuals were outside and the peak score — so
+one ongoing excursion never floods the alerts topic. The alert decision uses the statistics from
+before the residual is added.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Literal
 
 import msgspec
@@ -61,10 +66,11 @@ def resolve_steps(spec: str, horizon: int) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class ScoringConfig:
     steps: str = "auto"  # see resolve_steps
-    alpha: float = 0.05  # weight of the newest residual in the per-key mean and variance
-    sigma: float = 4.0  # an actual is outside beyond sigma standard deviations (0: never)
-    interval: bool = True  # ... or outside the forecast interval (models with quantiles)
-    warmup: int = 24  # residuals a key needs before the sigma rule applies
+    # the defaults are WorkerSettings' (measured on real data: bench/alerts.py)
+    alpha: float = 0.02  # weight of the newest residual in the per-key mean and variance
+    sigma: float = 6.0  # an actual is outside beyond sigma standard deviations (0: never)
+    interval: bool = True  # ... or beyond sigma as the quantiles imply (models with quantiles)
+    warmup: int = 48  # residuals a key needs before the sigma rule applies
 
 
 class Alert(msgspec.Struct, omit_defaults=True):
@@ -129,6 +135,15 @@ class Scorer:
             [mc.point_index, 0, len(mc.quantiles) - 1] if mc.quantiles else [mc.point_index]
         )
         self.has_interval = bool(mc.quantiles)
+        # the interval rule's reach beyond the median, in multiples of each side's width
+        # (upper - median, median - lower): sigma standard deviations as the lowest and highest
+        # quantile imply them (a normal's), never less than the interval itself
+        q_lo, q_hi = (min(mc.quantiles), max(mc.quantiles)) if mc.quantiles else (0.5, 0.5)
+        nd = NormalDist()
+        self.interval_reach = (
+            max(1.0, cfg.sigma / nd.inv_cdf(1.0 - q_lo)) if q_lo < 0.5 else 1.0,
+            max(1.0, cfg.sigma / nd.inv_cdf(q_hi)) if q_hi > 0.5 else 1.0,
+        )
         # where each target's actual comes from: a feature column, else an extra column
         features = list(mc.features)
         self.target_cols = [features.index(t) if t in features else -1 for t in self.targets]
@@ -268,7 +283,12 @@ class Scorer:
             out_sigma = (z > cfg.sigma) if cfg.sigma > 0 else np.zeros_like(warm)
             out_int = np.zeros_like(warm)
             if self.has_interval and cfg.interval:
-                out_int = ok & ((ai < fi[..., 1]) | (ai > fi[..., 2]))
+                med, below, above = fi[..., 0], fi[..., 0] - fi[..., 1], fi[..., 2] - fi[..., 0]
+                reach_lo, reach_hi = self.interval_reach
+                out_int = ok & (
+                    ((below > 0) & (ai < med - reach_lo * below))
+                    | ((above > 0) & (ai > med + reach_hi * above))
+                )
             outside = (out_sigma | out_int).any(axis=1)
             seen = ok.any(axis=1)
             # update the trackers (plain running moments until 1/alpha residuals are in), with

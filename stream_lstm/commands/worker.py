@@ -86,25 +86,26 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
         "--residual-alpha",
         type=float,
         help="weight of the newest one-step residual in each key's running mean and variance "
-        "(default 0.05)",
+        "(default 0.02: about the last 50 residuals; keep 1/alpha at a day of events or more)",
     )
     sc.add_argument(
         "--alert-sigma",
         type=float,
         help="an actual is outside when its residual is this many standard deviations from the "
-        "key's mean residual (default 4; 0: off)",
+        "key's mean residual (default 6; 0: off)",
     )
     sc.add_argument(
         "--alert-interval",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="an actual outside the forecast interval is outside too (models with quantiles; "
-        "default on)",
+        help="an actual farther from the median than --alert-sigma standard deviations as the "
+        "forecast's quantiles imply them (and outside the interval) is outside too (models "
+        "with quantiles; default on)",
     )
     sc.add_argument(
         "--alert-warmup",
         type=int,
-        help="residuals a key needs before the sigma rule applies (default 24)",
+        help="residuals a key needs before the sigma rule applies (default 48)",
     )
     sc.add_argument(
         "--alerts-topic",

@@ -14,11 +14,12 @@ import pytest
 
 from stream_lstm.data.loading import load_frame
 from stream_lstm.engine import Engine, EngineConfig, layout_for
-from stream_lstm.events import decode_forecast
+from stream_lstm.events import InMessage, decode_forecast, encode_event
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
-from stream_lstm.scoring import Alert, ScoringConfig, decode_alert, resolve_steps
+from stream_lstm.model.spec import ModelConfig
+from stream_lstm.scoring import Alert, Scorer, ScoringConfig, decode_alert, resolve_steps
 from stream_lstm.state import HEADER, HEADER_V2, MAGIC_V2, decode_any
 from stream_lstm.testing import MemorySink, MemoryStore, frame_events, ticks, to_messages
 from stream_lstm.train import train
@@ -36,11 +37,13 @@ def quantile_model(tmp_path_factory: pytest.TempPathFactory, synth_csv: Path) ->
     return out
 
 
-def engine(model: Path, store: MemoryStore | None = None) -> tuple[Engine, MemoryStore, MemorySink]:
+def engine(
+    model: Path, store: MemoryStore | None = None, scoring: ScoringConfig = SCORING
+) -> tuple[Engine, MemoryStore, MemorySink]:
     fc = Forecaster(load_artifact(model))
-    store = store or MemoryStore(layout_for(fc, SCORING))
+    store = store or MemoryStore(layout_for(fc, scoring))
     sink = MemorySink()
-    cfg = EngineConfig("out", "dlq", scoring=SCORING, alerts_topic="alerts")
+    cfg = EngineConfig("out", "dlq", scoring=scoring, alerts_topic="alerts")
     return Engine(fc, store, sink, WorkerMetrics(), cfg), store, sink
 
 
@@ -52,7 +55,10 @@ def events(synth_csv: Path, drop_every: int = 0) -> list[tuple[str, int, dict[st
 
 
 def expected(
-    evs: list[tuple[str, int, dict[str, float]]], sinks: list[MemorySink], steps: list[int]
+    evs: list[tuple[str, int, dict[str, float]]],
+    sinks: list[MemorySink],
+    steps: list[int],
+    c: ScoringConfig = SCORING,
 ) -> tuple[dict[int, list[float]], list[dict[str, Any]]]:
     """Per step: [n, sum |e|, sum e², inside]; and the alerts a per-key loop raises."""
     fcs: dict[tuple[str, int], Any] = {}
@@ -67,7 +73,6 @@ def expected(
         lambda: {"m": 0.0, "v": 0.0, "n": 0, "since": None, "count": 0, "peak": 0.0}
     )
     alerts: list[dict[str, Any]] = []
-    c = SCORING
     for key, ts, vals in evs:
         actual = vals["f0"]
         recent = seen[key][-6:]  # the ring keeps the key's last H = 6 events
@@ -85,17 +90,24 @@ def expected(
         if ts - iv in recent:
             f = fcs[(key, ts - iv)]
             point = f.forecast["f0"][0]
-            lo = hi = None
-            if f.quantiles:
-                lo, hi = f.quantiles["f0"]["0.1"][0], f.quantiles["f0"]["0.9"][0]
+            out_int = False
+            if f.quantiles and c.interval:
+                # the interval rule: farther from the median than sigma standard deviations as
+                # the 0.1 and 0.9 quantiles imply them (a normal's 0.9 quantile lies 1.2816 of
+                # them above its median), and at least outside the interval
+                reach = max(1.0, c.sigma / 1.2815516)
+                below = point - f.quantiles["f0"]["0.1"][0]
+                above = f.quantiles["f0"]["0.9"][0] - point
+                out_int = (below > 0 and actual < point - reach * below) or (
+                    above > 0 and actual > point + reach * above
+                )
             t = track[key]
             r = actual - point
             d = r - t["m"]
             std = math.sqrt(t["v"])
             z = abs(d) / std if t["n"] >= c.warmup and std > 0 else 0.0
-            out_sigma = z > c.sigma
-            out_int = lo is not None and hi is not None and not lo <= actual <= hi
-            if z > 0:  # warm: the update sees the residual clipped at the threshold
+            out_sigma = c.sigma > 0 and z > c.sigma
+            if z > 0 and c.sigma > 0:  # warm: the update sees the residual clipped there
                 d = max(-c.sigma * std, min(c.sigma * std, d))
             w = max(c.alpha, 1.0 / (t["n"] + 1))
             t["m"], t["v"], t["n"] = t["m"] + w * d, (1 - w) * (t["v"] + w * d * d), t["n"] + 1
@@ -195,6 +207,90 @@ def test_scores_and_alerts_equal_a_brute_force_reference(
     assert opened == sum(a["state"] == "open" for a in want_alerts)
     if quantiles:
         assert any("interval" in a["reason"] for a in want_alerts if a["state"] == "open")
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ScoringConfig(steps=STEPS, alpha=0.2, sigma=0.0, interval=True, warmup=5),
+        ScoringConfig(steps=STEPS, alpha=0.2, sigma=2.5, interval=True, warmup=5),
+        ScoringConfig(steps=STEPS, alpha=0.2, sigma=1.5, interval=False, warmup=5),
+    ],
+    ids=["interval-only", "sigma-2.5", "no-interval"],
+)
+def test_interval_rule_equals_a_brute_force_reference(
+    cfg: ScoringConfig, quantile_model: Path, synth_csv: Path
+) -> None:
+    """The interval rule reaches ``sigma`` standard deviations as the quantiles imply them, at
+    least the interval itself (sigma 0: the plain interval), and can be switched off."""
+    evs = events(synth_csv, drop_every=17)
+    eng, _, sink = engine(quantile_model, scoring=cfg)
+    for tick in ticks(to_messages(evs), [7, 1, 64]):
+        eng.process(tick)
+    _, want = expected(evs, [sink], [1, 2, 6], cfg)
+    assert want, "the reference raises alerts on this data"
+    assert_alerts_match(alerts_of([sink]), want)
+    reasons = {a["reason"] for a in want if a["state"] == "open"}
+    if not cfg.interval:
+        assert reasons == {"sigma"}
+    elif cfg.sigma == 0:
+        assert reasons == {"interval"}
+
+
+def test_interval_reach_is_sigma_in_the_quantiles_implied_deviations() -> None:
+    """Each side of the interval, in standard deviations of a normal with the same quantiles:
+    the 0.05 quantile lies 1.645 below the median, the 0.8 quantile 0.842 above it."""
+    mc = ModelConfig(
+        features=["x"], targets=["x"], time_step=4, horizon=2, interval_ms=1000,
+        quantiles=[0.05, 0.5, 0.8],
+    )  # fmt: skip
+    lo, hi = Scorer(ScoringConfig(sigma=5.0), mc, "v").interval_reach
+    assert (lo, hi) == (pytest.approx(5 / 1.6448536), pytest.approx(5 / 0.8416212))
+    # never inside the interval itself
+    assert Scorer(ScoringConfig(sigma=1.0), mc, "v").interval_reach == (
+        1.0,
+        pytest.approx(1 / 0.8416212),
+    )
+    assert Scorer(ScoringConfig(sigma=0.0), mc, "v").interval_reach == (1.0, 1.0)
+    # a one-sided interval: the side without a quantile has no width, so it never fires
+    one_sided = mc.model_copy(update={"quantiles": [0.5, 0.9]})
+    assert Scorer(ScoringConfig(sigma=5.0), one_sided, "v").interval_reach == (
+        1.0,
+        pytest.approx(5 / 1.2815516),
+    )
+
+
+def test_an_actual_just_outside_the_interval_is_not_an_alert(
+    quantile_model: Path, synth_csv: Path
+) -> None:
+    """With sigma 4, an actual a little beyond the 0.9 quantile is inside; one beyond
+    4 / 1.2816 interval half-widths from the median opens an excursion, and so below."""
+    cfg = ScoringConfig(steps=STEPS, alpha=0.2, sigma=4.0, interval=True, warmup=10**6)
+    key = events(synth_csv)[0][0]
+    evs = [e for e in events(synth_csv) if e[0] == key]
+    msgs = to_messages(evs[:104])
+    eng, _, sink = engine(quantile_model, scoring=cfg)
+    eng.process(msgs[:100])
+    reach = 4.0 / 1.2815516
+    for i, (where, want) in enumerate(
+        [(1.1, None), (reach + 0.05, "open"), (0.0, "close"), (-(reach + 0.05), "open")]
+    ):
+        f = decode_forecast(sink.on("out")[-1].value or b"")
+        q = f.quantiles["f0"] if f.quantiles else {}
+        med = f.forecast["f0"][0]
+        width = (q["0.9"][0] - med) if where >= 0 else (med - q["0.1"][0])
+        _, ts, vals = evs[100 + i]
+        assert ts == f.ts + f.interval_ms
+        m = msgs[100 + i]
+        value = encode_event(key, ts, {**vals, "f0": med + where * width})
+        before = len(sink.on("alerts"))
+        eng.process([InMessage(m.key, value, m.topic, m.partition, m.offset, m.timestamp_ms)])
+        new = alerts_of([sink])[before:]
+        assert [a.state for a in new] == ([want] if want else []), (where, new)
+        if want == "open":
+            assert new[0].reason == "interval"
+            assert new[0].lower == pytest.approx(q["0.1"][0], rel=1e-5)
+            assert new[0].upper == pytest.approx(q["0.9"][0], rel=1e-5)
 
 
 def test_scoring_continues_across_restarts(tiny_model: Path, synth_csv: Path) -> None:
