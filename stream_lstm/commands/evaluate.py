@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stream_lstm.commands._output import check_output_file
     from stream_lstm.data.loading import load_frame
     from stream_lstm.data.splits import SplitPoints
     from stream_lstm.evaluate import evaluate, plot_all
@@ -61,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from stream_lstm.model.runtime import Forecaster
 
     artifact = load_artifact(args.model)
+    out = args.out or args.model / "evaluation.json"
+    check_output_file(out, "--out" if args.out else "the evaluation (default --out)")
+    if args.plots:
+        check_output_file(args.plots / "x.png", "--plots")
     cfg = artifact.config
     s = build_settings(DataSettings, None, **data_flags(args))
     path, spec, _ = resolve_series(s, cfg.data, (list(cfg.features), list(cfg.targets)))
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("the model records no split dates; use --split all")
         points = SplitPoints(int(cut["val_start_ms"]), int(cut["test_start_ms"]))
     result = evaluate(Forecaster(artifact), frame, points, args.split, args.season, args.missing)
-    out = args.out or args.model / "evaluation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps({"model": artifact.version, "data": str(path), **result.to_json()}, indent=1)
     )

@@ -41,10 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stream_lstm.commands._output import check_output_file
+    from stream_lstm.errors import ConfigError
     from stream_lstm.model.artifact import load_artifact
     from stream_lstm.model.runtime import Forecaster
     from stream_lstm.predict import predict_file
 
+    if args.out.suffix.lower() not in {".csv", ".parquet", ".pq"}:
+        raise ConfigError(f"--out must end in .csv or .parquet, got {args.out.name}")
+    check_output_file(args.out, "--out")
     artifact = load_artifact(args.model)
     cfg = artifact.config
     s = build_settings(DataSettings, None, **data_flags(args))

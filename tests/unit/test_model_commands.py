@@ -161,3 +161,36 @@ def test_unknown_dataset_is_an_argparse_error(capsys: pytest.CaptureFixture[str]
         main(["train", "--dataset", "nope", "--out", "x"])
     assert e.value.code == 2
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "out", "message"),
+    [
+        ("predict", "{file}/p.csv", "is a file, not a directory"),
+        ("predict", "{dir}", "must end in .csv or .parquet"),
+        ("predict", "{dir}/sub.csv", "it is a directory; give a file name"),
+        ("evaluate", "{file}/e.json", "is a file, not a directory"),
+        ("evaluate", "{dir}/sub.csv", "it is a directory; give a file name"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    command: str,
+    out: str,
+    message: str,
+    tiny_model: Path,
+    synth_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "d" / "sub.csv").mkdir(parents=True)
+    target = out.replace("{file}", str(tmp_path / "a-file")).replace("{dir}", str(tmp_path / "d"))
+
+    def not_reached(*_: object, **__: object) -> None:
+        raise AssertionError("the output is checked before the data is read")
+
+    monkeypatch.setattr("stream_lstm.data.loading.load_frame", not_reached)
+    argv = [command, "--model", str(tiny_model), "--data", str(synth_csv), "--out", target]
+    assert main([*argv, "--split", "all"] if command == "evaluate" else argv) == 2
+    assert message in capsys.readouterr().err
