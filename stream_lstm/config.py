@@ -235,6 +235,16 @@ def _kv_pairs(v: Any) -> Any:
 
 
 KafkaOptions = Annotated[dict[str, str], NoDecode, BeforeValidator(_kv_pairs)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+# librdkafka settings that would let an offset move past outputs not yet acknowledged: the
+# worker stores and commits offsets itself, after every output is acknowledged
+UNSAFE_CONSUMER = ("enable.auto.commit", "enable.auto.offset.store")
+UNSAFE_ACKS = ("acks", "request.required.acks")
+
+
+def _enabled(value: str) -> bool:
+    return value.strip().lower() not in ("false", "0", "no", "off")
 
 
 class KafkaSettings(Settings):
@@ -247,7 +257,7 @@ class KafkaSettings(Settings):
     toml_section: ClassVar[str] = "worker"
     flag_names: ClassVar[dict[str, str]] = {"kafka_options": "--kafka-option"}
 
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: NonEmpty = "127.0.0.1:9092"
     # librdkafka pass-through for every client (security settings); out of repr: secrets
     kafka_options: KafkaOptions = Field(default_factory=dict, repr=False)
 
@@ -259,8 +269,8 @@ class KafkaSettings(Settings):
 class TopicSettings(KafkaSettings):
     """The Kafka connection and the worker's input and output topics (read by the dashboard)."""
 
-    input_topic: str = "events"
-    output_topic: str = "forecasts"
+    input_topic: NonEmpty = "events"
+    output_topic: NonEmpty = "forecasts"
 
 
 class WorkerSettings(TopicSettings):
@@ -277,10 +287,10 @@ class WorkerSettings(TopicSettings):
 
     model: Path
     features: CsvList | None = None  # what producers send; checked against the model at start
-    dlq_topic: str = "events-dlq"
+    dlq_topic: NonEmpty = "events-dlq"
     redis: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    group: str = "stream-lstm"
-    namespace: str | None = None  # Redis key prefix; default "slstm:<group>"
+    group: NonEmpty = "stream-lstm"
+    namespace: NonEmpty | None = None  # Redis key prefix; default "slstm:<group>"
     max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     max_wait_ms: Annotated[int, Field(ge=0)] = 5
     commit_interval_ms: Annotated[int, Field(ge=0)] = 1000
@@ -315,6 +325,40 @@ class WorkerSettings(TopicSettings):
     # session.timeout.ms) or the producer only (e.g. linger.ms)
     consumer_options: KafkaOptions = Field(default_factory=dict, repr=False)
     producer_options: KafkaOptions = Field(default_factory=dict, repr=False)
+
+    @model_validator(mode="after")
+    def _safe_delivery(self) -> Self:
+        """Options and topics that would break 'an offset moves only past acknowledged
+        outputs' are refused, with the reason."""
+        consumer = {**self.kafka_options, **self.consumer_options}
+        for k in UNSAFE_CONSUMER:
+            if k in consumer and _enabled(consumer[k]):
+                raise ValueError(
+                    f"--consumer-option {k}={consumer[k]} is refused: the worker commits offsets "
+                    "itself, only after every output before them is acknowledged; with it, "
+                    "librdkafka would commit offsets of events whose forecasts were never "
+                    "delivered"
+                )
+        producer = {**self.kafka_options, **self.producer_options}
+        for k in UNSAFE_ACKS:
+            if k in producer and producer[k].strip() == "0":
+                raise ValueError(
+                    f"--producer-option {k}=0 is refused: with no acknowledgement from the broker "
+                    "a lost forecast cannot be noticed, and its offset would be committed (use "
+                    "acks=all, the default)"
+                )
+        outputs = {
+            "--output-topic": self.output_topic,
+            "--dlq-topic": self.dlq_topic,
+            **({"--alerts-topic": self.alerts_topic} if self.alerts_topic else {}),
+        }
+        same = [flag for flag, t in outputs.items() if t == self.input_topic]
+        if same:
+            raise ValueError(
+                f"{' and '.join(same)} cannot be the input topic {self.input_topic!r}: the worker "
+                "would consume its own output (each dead letter a new bad event, without end)"
+            )
+        return self
 
     @field_validator("score_steps")
     @classmethod

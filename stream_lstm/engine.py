@@ -625,8 +625,8 @@ class Engine:
         log.error(
             "the state store was wiped: the %d cached key(s) are written again in full at the "
             "next commit cycle%s", n,
-            "" if self.cache.win is not None else " (their windows, not kept in memory by the "
-            "stateful kind, start empty again; (h, c) carry on)",
+            "" if self.cache.win is not None else " (the stateful kind keeps no window in memory: "
+            "each stored window starts again from the key's last row; (h, c) carry on)",
         )  # fmt: skip
 
     # -- the commit cycle ---------------------------------------------------------------------

@@ -280,8 +280,14 @@ class Decoder:
                 )
             if cfg.check_message_key:
                 given = [batch.keys[i] for i in idx]
+                glen = np.fromiter((-1 if g is None else len(g) for g in given), np.int64, n)
                 refuse(
-                    np.fromiter((g is None for g in given), bool, n),
+                    glen > cfg.max_key_bytes,
+                    "oversized_key",
+                    f"the Kafka message key is longer than {cfg.max_key_bytes} bytes",
+                )
+                refuse(
+                    glen < 0,
                     "null_key",
                     "the Kafka message key is null: key each event by its entity key, so that "
                     "one key's events stay in one partition, in order",
@@ -395,6 +401,8 @@ def _classify(i: int, v: bytes, e: Exception) -> BadEvent:
             return BadEvent(i, "missing_feature" if "`$.values`" in msg else "missing_field", msg)
         if "unknown field" in msg:
             return BadEvent(i, "unknown_feature", msg)
+        if "got `null`" in msg and "`$.values." in msg:  # null: a feature not sent
+            return BadEvent(i, "missing_feature", msg)
         if "out of range" in msg:
             return BadEvent(i, "non_finite_value", msg)
         return BadEvent(i, "wrong_type", msg)

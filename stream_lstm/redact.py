@@ -92,8 +92,17 @@ def redact_url(url: str) -> str:
     ``redis://:***@host``; ``redis://secret@host`` (userinfo without a colon, a password or token
     on its own) → ``redis://***@host``; ``redis://host/0?password=secret`` →
     ``redis://host/0?password=***``. Works for any scheme (``rediss://``, ``unix://``, …) and
-    for ``user:secret@host:port`` without a scheme.
+    for ``user:secret@host:port`` without a scheme. A password with an unencoded ``/``, ``?``
+    or ``#`` (which URL parsers misread as the start of the path, query or fragment) is masked
+    up to the last ``@`` (over-masking a URL whose query holds an ``@``: safe for logs).
     """
+    m = re.match(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//", url)
+    if m and "@" in url[m.end() :]:
+        userinfo, _, after = url[m.end() :].rpartition("@")
+        if any(c in userinfo for c in "/?#"):
+            user, colon, _ = userinfo.partition(":")
+            shown = f"{user}:x" if colon and not any(c in user for c in "/?#") else "x"
+            return redact_url(f"{url[: m.end()]}{shown}@{after}")
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -218,7 +218,7 @@ class Scorer:
         src = g.first[g.kpos[ev[~stored]]] + col[~stored] - R  # an earlier event of this tick
         f[~stored] = vals[src, self.steps[jm[~stored]] - 1][..., self.stat_index]
         a = actual[ev]  # [m, n_t]
-        err = a - f[..., 0]
+        err = a.astype(np.float64) - f[..., 0]  # float64: a square of ~3e38 overflows float32
         ok = np.isfinite(a)
         bins = (jm[:, None] * n_t + np.arange(n_t)[None, :])[ok]
         size = S * n_t
@@ -299,8 +299,10 @@ class Scorer:
                 lim = cfg.sigma * std
                 d = np.where(warm, np.clip(d, -lim, lim), d)
             w = np.maximum(cfg.alpha, 1.0 / (n + 1.0))[:, None]
-            sc["ewm_mean"][s] = np.where(ok, m + w * d, m)
-            sc["ewm_var"][s] = np.where(ok, (1 - w) * (v + w * d * d), v)
+            d = d.astype(np.float64)  # a residual near the float32 limit squares past it
+            big = float(np.finfo(np.float32).max)
+            sc["ewm_mean"][s] = np.where(ok, np.clip(m + w * d, -big, big), m)
+            sc["ewm_var"][s] = np.where(ok, np.minimum((1 - w) * (v + w * d * d), big), v)
             sc["ewm_n"][s] = n + seen
             self._excursions(sc, s, e, ts, ai, fi, z, out_sigma, out_int, outside, seen, keys, out)
 

@@ -740,8 +740,8 @@ class StateCache:
     def rewrite_all(self) -> int:
         """After the store was wiped: every cached key is written in full at the next commit
         cycle (its windows too where they are kept in memory; the stateful kind keeps no window
-        in memory, so its window starts empty again while ``(h, c)`` carry on). Returns how
-        many keys."""
+        in memory, only each key's last row, so its window starts again from that row while
+        ``(h, c)`` carry on). Returns how many keys."""
         used = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
         if self._log and used.size:
             self._drop_log(used)
@@ -752,7 +752,12 @@ class StateCache:
             filled = ((pos - self.head[s]) % W) >= W - self.fill[s]  # the newest `fill` rows
             self._log.append((s[filled], pos[filled], self.win[s, pos][filled],
                               self.win_ts[s, pos][filled]))  # fmt: skip
-        else:
+        elif used.size:
+            # the newest row, which --missing ffill carries forward from, is in memory
+            has = used[~np.isnan(self.last_v[used]).any(axis=1)]
             self.fill[used], self.head[used] = 0, 0
+            self.fill[has], self.head[has] = 1, 1 % self.layout.window
+            zero = np.zeros(len(has), np.int64)
+            self._log.append((has, zero, self.last_v[has].copy(), self.last_ts[has].copy()))
         self.dirty[used] = True
         return int(used.size)

@@ -20,6 +20,7 @@ and the records in one call: fine on one Redis node; Redis Cluster needs both in
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from stream_lstm.errors import StateError
+from stream_lstm.errors import ConfigError, StateError
 from stream_lstm.redact import redact_url, url_has_credentials
 from stream_lstm.state import (
     HEADER,
@@ -157,8 +158,13 @@ class RedisStateStore:
             self.client = redis.Redis.from_url(
                 url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
             )
-        except ValueError as e:
-            raise StateError(f"bad Redis URL {self.url_shown}: {e}") from None
+        except (ValueError, TypeError) as e:
+            # (redis-py's message can quote a piece of the password: never shown)
+            raise ConfigError(
+                f"--redis {self.url_shown} is not a Redis URL redis-py can read "
+                f"({type(e).__name__}); the form is redis[s]://[user:password@]host:port/db, "
+                "with / # ? @ in a password percent-encoded (%2F %23 %3F %40)"
+            ) from None
         self._sha: str | None = None
 
     # -- start-up ----------------------------------------------------------------------------
@@ -170,6 +176,14 @@ class RedisStateStore:
             try:
                 self.client.ping()
                 break
+            except TypeError as e:  # an unknown URL parameter reaches the connection's init
+                m = re.search(r"unexpected keyword argument '([^']*)'", str(e))
+                name = m.group(1) if m else "?"
+                raise ConfigError(
+                    f"--redis {self.url_shown}: the URL parameter {name!r} is not one redis-py "
+                    "knows (e.g. password, username, db, ssl_cert_reqs, health_check_interval); "
+                    "parameter names are case-sensitive"
+                ) from None
             except (redis.AuthenticationError, redis.ResponseError) as e:
                 auth = isinstance(e, redis.AuthenticationError) or any(
                     w in str(e) for w in ("NOAUTH", "WRONGPASS", "NOPERM")

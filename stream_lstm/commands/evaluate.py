@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stream_lstm.commands._data import add_data_flags, data_flags, resolve_series
+from stream_lstm.commands._output import check_output_file
 from stream_lstm.config import DataSettings, build_settings
 from stream_lstm.errors import ConfigError
 
@@ -54,7 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_lstm.commands._output import check_output_file
     from stream_lstm.data.loading import load_frame
     from stream_lstm.data.splits import SplitPoints
     from stream_lstm.evaluate import evaluate, plot_all

@@ -8,7 +8,9 @@ from pathlib import Path
 from rich.console import Console
 
 from stream_lstm.commands._data import add_data_flags, data_flags, resolve_series
+from stream_lstm.commands._output import check_output_file
 from stream_lstm.config import DataSettings, build_settings
+from stream_lstm.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,16 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_lstm.commands._output import check_output_file
-    from stream_lstm.errors import ConfigError
     from stream_lstm.model.artifact import load_artifact
     from stream_lstm.model.runtime import Forecaster
     from stream_lstm.predict import predict_file
 
     if args.out.suffix.lower() not in {".csv", ".parquet", ".pq"}:
         raise ConfigError(f"--out must end in .csv or .parquet, got {args.out.name}")
-    check_output_file(args.out, "--out")
     artifact = load_artifact(args.model)
+    check_output_file(args.out, "--out")  # before the data is read and the model run
     cfg = artifact.config
     s = build_settings(DataSettings, None, **data_flags(args))
     path, spec, _ = resolve_series(s, cfg.data, (list(cfg.features), list(cfg.targets)))

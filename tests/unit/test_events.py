@@ -50,7 +50,11 @@ CATALOGUE: list[tuple[str, bytes | None, bytes | None]] = [
     ("wrong_type", b"a", b'{"key": "a", "ts": 1704067200000, "values": {"f0": "x", "f1": 2}}'),
     ("wrong_type", b"a", b'{"key": ["a"], "ts": 1704067200000, "values": {"f0": 1, "f1": 2}}'),
     ("wrong_type", b"a", b'{"key": "a", "ts": 1.5, "values": {"f0": 1, "f1": 2}}'),
-    ("wrong_type", b"a", b'{"key": "a", "ts": 1704067200000, "values": {"f0": null, "f1": 2}}'),
+    (
+        "missing_feature",
+        b"a",
+        b'{"key": "a", "ts": 1704067200000, "values": {"f0": null, "f1": 2}}',
+    ),
     ("wrong_type", b"a", b"[1, 2, 3]"),
     ("missing_field", b"a", b'{"ts": 1704067200000, "values": {"f0": 1, "f1": 2}}'),
     ("missing_field", b"a", b'{"key": "a", "values": {"f0": 1, "f1": 2}}'),

@@ -59,6 +59,11 @@ SECRET = "hunter2-Zq9"
             "https://h/p?api_key=***&apikey=***",
         ),
         ("user:hunter2-Zq9@h:6379", "***@h:6379"),  # no scheme
+        # unencoded / ? # in a password (URL parsers take them for the path, query, fragment)
+        ("redis://u:hunter2-Zq9/pa/ss@h:6379/0", "redis://u:***@h:6379/0"),
+        ("redis://u:hunter2#Zq9@h:1/0", "redis://u:***@h:1/0"),
+        ("redis://:hunter2?Zq9@h/0?password=hunter2-Zq9", "redis://:***@h/0?password=***"),
+        ("redis://hunter2-Zq9/x@h/0", "redis://***@h/0"),
         # nothing to hide: unchanged
         ("redis://h:6379/0", "redis://h:6379/0"),
         ("redis://h/0?db=1&ssl_cert_reqs=none", "redis://h/0?db=1&ssl_cert_reqs=none"),
@@ -194,3 +199,25 @@ def test_client_errors_show_the_settings_without_secrets() -> None:
         assert "Invalid value for configuration property" in text
         assert "'sasl.password': '***'" in text and "'ssl.key.pem': '***'" in text
         assert SECRET not in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://u:hunter2-Zq9/pa/ss@127.0.0.1:6379/0",  # once: "Port could not be cast …"
+        "redis://u:hunter2#Zq9@127.0.0.1:6379/0",
+        "redis://127.0.0.1:6379/0?Password=hunter2-Zq9",  # once: a TypeError traceback
+        "redis://127.0.0.1:6379/0?authtoken=hunter2-Zq9",
+    ],
+)
+def test_a_redis_url_redis_py_cannot_use_is_a_configuration_error_without_its_secret(
+    url: str,
+) -> None:
+    from stream_lstm.errors import ConfigError
+    from stream_lstm.state import Layout
+    from stream_lstm.state_redis import RedisStateStore
+
+    with pytest.raises(ConfigError) as e:  # no network: refused before any connection
+        RedisStateStore(url, "ns", Layout("v", 1, 1, 1, 1)).connect()
+    assert SECRET not in str(e.value)
+    assert e.value.exit_code == 2

@@ -374,3 +374,59 @@ def test_missing_ffill_equals_predict_on_the_same_holes(tiny_model: Path, synth_
     assert len(stream_rows(holes, ["f0", "f1"])) == int(
         holes[["f0", "f1"]].notna().all(axis=1).sum()
     )
+
+
+def test_after_a_wipe_the_stateful_kind_keeps_the_last_row_that_ffill_carries_forward(
+    tiny_model: Path, synth_csv: Path
+) -> None:
+    """Once: after a wipe and a restart, the first event with a hole was dead-lettered (the
+    rewritten record had no row left to carry forward from) and streaming left `predict`."""
+    msgs = to_messages(frame_events(frame(synth_csv), ["f0", "f1"]))
+    fc = Forecaster(load_artifact(tiny_model))
+    ffill = DecoderConfig(features=(), missing="ffill")
+
+    def engine(store: MemoryStore) -> Engine:
+        return Engine(fc, store, MemorySink(), WorkerMetrics(), CFG, ffill)
+
+    t_next = {k: t for k, t, _ in frame_events(frame(synth_csv), ["f0", "f1"])[:900]}
+    for wipe in (False, True):
+        store = MemoryStore(layout_for(fc))
+        eng = engine(store)
+        for tick in ticks(msgs[:900], [64]):
+            eng.process(tick)
+        eng.commit_cycle(lambda o: None)
+        if wipe:
+            store.wipe()
+            eng._last_store_check = 0.0
+            eng.commit_cycle(lambda o: None)  # noticed
+            eng.commit_cycle(lambda o: None)  # rewritten
+        eng2 = engine(store)  # a restart (another partition: the offsets need not follow)
+        holed = [
+            InMessage(k.encode(), encode_event(k, t + 3_600_000, {"f1": 1.0}), "in", 9, i, 0)
+            for i, (k, t) in enumerate(sorted(t_next.items()))
+        ]
+        eng2.process(holed)
+        sink = eng2.sink
+        assert isinstance(sink, MemorySink)
+        assert not sink.on("dlq") and len(sink.on("out")) == 3, f"wipe={wipe}"
+        got = [decode_forecast(p.value or b"").forecast["f0"] for p in sink.on("out")]
+        if not wipe:
+            want = got
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_an_actual_near_the_float32_limit_keeps_the_error_sums_finite(tiny_model: Path) -> None:
+    """Once: one accepted value of 3.4e38 made the squared-error counter +Inf for good."""
+    from stream_lstm.scoring import ScoringConfig
+
+    fc = Forecaster(load_artifact(tiny_model))
+    eng = Engine(fc, MemoryStore(layout_for(fc, ScoringConfig())), MemorySink(), WorkerMetrics(),
+                 EngineConfig("out", "dlq", scoring=ScoringConfig()))  # fmt: skip
+    ev = [("a", i * 3_600_000, {"f0": 1.0 + i % 3, "f1": 2.0}) for i in range(30)]
+    ev.append(("a", 30 * 3_600_000, {"f0": 3.4e38, "f1": 2.0}))
+    for tick in ticks(to_messages(ev, partitions=1), [1]):
+        eng.process(tick)
+    total = eng.metrics.registry.get_sample_value(
+        "stream_lstm_forecast_squared_error_total", {"target": "f0", "step": "1"}
+    )
+    assert total is not None and np.isfinite(total) and total > 1e76

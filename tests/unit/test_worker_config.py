@@ -32,6 +32,30 @@ def worker(*flags: str) -> list[str]:
             ["--model", "{model}", "--kafka-option", "nonsense"],
             "expected key=value, got 'nonsense'",
         ),
+        # options that would commit offsets past outputs never acknowledged
+        (
+            ["--model", "{model}", "--consumer-option", "enable.auto.commit=true"],
+            "enable.auto.commit=true is refused",
+        ),
+        (
+            ["--model", "{model}", "--kafka-option", "enable.auto.offset.store=True"],
+            "enable.auto.offset.store=True is refused",
+        ),
+        (
+            ["--model", "{model}", "--producer-option", "acks=0"],
+            "acks=0 is refused",
+        ),
+        # once an abort (SIGABRT in librdkafka) or a loop without end
+        (["--model", "{model}", "--group", ""], "--group / STREAM_LSTM_GROUP"),
+        (["--model", "{model}", "--input-topic", ""], "--input-topic / STREAM_LSTM_INPUT_TOPIC"),
+        (
+            ["--model", "{model}", "--input-topic", "t", "--dlq-topic", "t"],
+            "--dlq-topic cannot be the input topic 't'",
+        ),
+        (
+            ["--model", "{model}", "--output-topic", "events", "--dlq-topic", "events"],
+            "--output-topic and --dlq-topic cannot be the input topic 'events'",
+        ),
     ],
 )
 def test_bad_worker_configuration(
