@@ -28,6 +28,18 @@ def add_data_flags(p: argparse.ArgumentParser, *, columns: bool = True) -> None:
         g.add_argument("--targets", help="comma-separated columns to forecast (may be features)")
 
 
+def add_missing_flag(p: argparse.ArgumentParser) -> None:
+    """``--missing`` of the offline commands: the worker's rule for missing feature values."""
+    p.add_argument(
+        "--missing",
+        choices=["dlq", "ffill"],
+        default="dlq",
+        help="rows with a missing feature value: dlq skips them, as the worker dead-letters "
+        "such events (default); ffill carries each key's previous value forward, as "
+        "`worker --missing ffill` does",
+    )
+
+
 def data_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "data": args.data,

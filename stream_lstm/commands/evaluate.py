@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from stream_lstm.commands._data import add_data_flags, data_flags, resolve_series
+from stream_lstm.commands._data import (
+    add_data_flags,
+    add_missing_flag,
+    data_flags,
+    resolve_series,
+)
 from stream_lstm.commands._output import check_output_file
 from stream_lstm.config import DataSettings, build_settings
 from stream_lstm.errors import ConfigError
@@ -41,14 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which span to score, with the model's training cut dates (default test)",
     )
     p.add_argument("--season", type=int, help="seasonal naive period in steps (default: inferred)")
-    p.add_argument(
-        "--missing",
-        choices=["dlq", "ffill"],
-        default="dlq",
-        help="rows with a missing feature value: dlq skips them, as the worker dead-letters "
-        "such events (default); ffill carries each key's previous value forward, as "
-        "`worker --missing ffill` does",
-    )
+    add_missing_flag(p)
     p.add_argument("--out", type=Path, help="JSON file to write (default <model>/evaluation.json)")
     p.add_argument("--plots", type=Path, help="directory for PNG plots (default: none)")
     p.set_defaults(run=run)

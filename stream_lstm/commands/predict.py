@@ -7,7 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from stream_lstm.commands._data import add_data_flags, data_flags, resolve_series
+from stream_lstm.commands._data import (
+    add_data_flags,
+    add_missing_flag,
+    data_flags,
+    resolve_series,
+)
 from stream_lstm.commands._output import check_output_file
 from stream_lstm.config import DataSettings, build_settings
 from stream_lstm.errors import ConfigError
@@ -31,14 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="artifact directory")
     add_data_flags(p, columns=False)
     p.add_argument("--out", type=Path, required=True, help="output file, .csv or .parquet")
-    p.add_argument(
-        "--missing",
-        choices=["dlq", "ffill"],
-        default="dlq",
-        help="rows with a missing feature value: dlq skips them, as the worker dead-letters "
-        "such events (default); ffill carries each key's previous value forward, as "
-        "`worker --missing ffill` does",
-    )
+    add_missing_flag(p)
     p.set_defaults(run=run)
 
 
