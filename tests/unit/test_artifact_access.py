@@ -3,7 +3,7 @@ with a traceback; every artifact file gets the same mode, so a worker that runs 
 than the trainer (uid 10001 in the image) can read them all.
 
 Permission checks must run where permissions apply: in this process when it is not root, and as
-root (chmod stops nothing for root) in a forked child that first drops to uid/gid 65534. Each
+root (chmod stops nothing for root) in a child process that first drops to uid/gid 65534. Each
 such check first shows that the intact artifact *is* readable there, so a refusal comes from the
 chmod and not from the set-up. The refusals that root meets too (a directory, FIFO or broken
 link where a file belongs) are tested in this process.
@@ -12,16 +12,18 @@ link where a file belongs) are tested in this process.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
+import multiprocessing
 import os
-import select
 import shutil
-import signal
+import sys
 import tempfile
 import threading
 import types
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -47,47 +49,61 @@ ROOT = os.geteuid() == 0
 ARTIFACT_FILES = (*FILES, "VERSION")
 
 
-def as_other_user(fn: Callable[[], Any]) -> dict[str, Any]:
-    """``fn()`` where file permissions apply: ``{"value": …}`` or ``{"error": type name,
-    "message": …}``. As root, in a forked child running as uid/gid 65534. That child may not be
-    able to import anything new (the interpreter's own files can be private to root), so each
-    test runs the same code path in this process first."""
+def _import_all(names: list[str]) -> None:
+    for name in names:
+        with contextlib.suppress(BaseException):
+            importlib.import_module(name)
 
-    def call() -> dict[str, Any]:
+
+def _run_as_nobody(fn: Callable[..., Any], args: tuple[Any, ...], modules: list[str],
+                   conn: Connection) -> None:  # fmt: skip
+    """In the child: import as root what the test process had imported (the interpreter's
+    own files can be private to root), drop to uid/gid 65534, run ``fn(*args)``."""
+    try:
+        _import_all(modules)
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
         try:
-            return {"value": fn()}
+            out: dict[str, Any] = {"value": fn(*args)}
+        except Exception as e:
+            out = {"error": type(e).__name__, "message": str(e)}
+    except BaseException as e:  # could not drop privileges, or fn escaped
+        out = {"error": "child", "message": repr(e)}
+    conn.send(out)
+    conn.close()
+
+
+def as_other_user(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """``fn(*args)`` where file permissions apply: ``{"value": …}`` or ``{"error": type name,
+    "message": …}``. As root, in a child process running as uid/gid 65534: started by
+    multiprocessing's fork server, a fresh single-threaded interpreter, never by forking this
+    process (whose other threads, from earlier tests, can leave a forked child dead or stuck).
+    ``fn`` must be a module-level function. The child first imports (still as root) every
+    module this process has, so each test runs the same code path here first."""
+    if not ROOT:
+        try:
+            return {"value": fn(*args)}
         except Exception as e:
             return {"error": type(e).__name__, "message": str(e)}
-
-    if not ROOT:
-        return call()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            out = call()
-        except BaseException as e:  # could not drop privileges, or fn escaped
-            out = {"error": "child", "message": repr(e)}
-        with os.fdopen(w, "wb") as f:
-            f.write(json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    with os.fdopen(r, "rb") as f:
-        while select.select([f], [], [], 60)[0]:
-            chunk = os.read(f.fileno(), 65536)
-            if not chunk:
-                break
-            data += chunk
-        else:
-            os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    assert data, "the unprivileged child gave no answer within 60 s"
-    res: dict[str, Any] = json.loads(data)
+    ctx = multiprocessing.get_context("forkserver")
+    modules = sorted(m for m in sys.modules if not m.startswith("__"))
+    ctx.set_forkserver_preload([__name__, *modules])  # read when the server starts: once
+    recv, send = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_run_as_nobody, args=(fn, args, modules, send), daemon=True)
+    p.start()
+    send.close()
+    try:
+        if not recv.poll(120):
+            p.kill()
+            pytest.fail("the unprivileged child gave no answer within 120 s")
+        res: dict[str, Any] = recv.recv()
+    except EOFError:
+        p.join(30)
+        pytest.fail(f"the unprivileged child died without an answer (exit code {p.exitcode})")
+    finally:
+        recv.close()
+        p.join(30)
     if res.get("error") == "child":
         pytest.fail(f"running as uid {NOBODY} to check file permissions failed: {res['message']}")
     return res
@@ -119,9 +135,27 @@ def copy_model(src: Path, dst: Path) -> Path:
     return dst
 
 
-def readable(model: Path) -> Callable[[], str]:
+def readable(model: Path) -> str:
     """The control: the intact artifact reads as that user (files and VERSION)."""
-    return lambda: content_version(model) + (model / "VERSION").read_text().strip()
+    return content_version(model) + (model / "VERSION").read_text().strip()
+
+
+def loads(model: Path) -> str:
+    load_artifact(model)
+    return "loaded"
+
+
+def reload_poll(model: Path) -> tuple[bool, float]:
+    """A hot reload of the worker to ``model``: (switched, failures counted)."""
+    current = types.SimpleNamespace(fc=types.SimpleNamespace(version="000000000000"))
+    parts = EngineParts(torch.device("cpu"), None, None, current)  # type: ignore[arg-type]
+    metrics = WorkerMetrics()
+    switched = parts.maybe_reload(WorkerSettings(model=model), metrics, lambda o: None)
+    return switched, metrics.model_reload_failures._value.get()
+
+
+def exit_code(argv: list[str]) -> int:
+    return cli(argv)[0]
 
 
 def umask() -> int:
@@ -154,7 +188,7 @@ def test_every_artifact_file_has_the_same_mode_and_another_user_can_read_them(
     # and the user a worker runs as (not the trainer) reads every file: only when 0o004 is set
     if mask & 0o004 == 0:
         model = copy_model(tiny_model, shared / "m")
-        assert as_other_user(readable(model)) == {"value": a.version * 2}
+        assert as_other_user(readable, model) == {"value": a.version * 2}
 
 
 # -- unreadable files and directories ----------------------------------------------------------
@@ -165,10 +199,10 @@ def test_an_unreadable_artifact_is_a_model_error_that_names_the_path(
     target: str, tiny_model: Path, shared: Path
 ) -> None:
     model = copy_model(tiny_model, shared / "m")
-    assert "value" in as_other_user(readable(model))  # the control
+    assert "value" in as_other_user(readable, model)  # the control
     path = model / target if target else model
     path.chmod(0)
-    res = as_other_user(lambda: load_artifact(model) and "loaded")
+    res = as_other_user(loads, model)
     assert res["error"] == "ModelError", res
     # a file names itself; a directory that cannot be searched names the directory
     assert res["message"].startswith(f"cannot read {path}: permission denied"), res
@@ -238,9 +272,9 @@ def test_commands_print_an_error_and_exit_2_for_an_unreadable_model(
 
     # weights the user running the command cannot read
     model = copy_model(tiny_model, shared / "m")
-    assert "value" in as_other_user(readable(model))
+    assert "value" in as_other_user(readable, model)
     (model / "model.safetensors").chmod(0)
-    res = as_other_user(lambda: cli(argv(model)))
+    res = as_other_user(cli, argv(model))
     rc, _, err = res["value"]
     assert rc == 2, err
     assert err.startswith(f"error: cannot read {model}/model.safetensors: permission denied"), err
@@ -250,18 +284,11 @@ def test_commands_print_an_error_and_exit_2_for_an_unreadable_model(
 def test_a_hot_reload_to_an_unreadable_model_is_refused_and_the_worker_keeps_running(
     tiny_model: Path, shared: Path
 ) -> None:
-    current = types.SimpleNamespace(fc=types.SimpleNamespace(version="000000000000"))
     model = copy_model(tiny_model, shared / "m")
-    assert "value" in as_other_user(readable(model))
+    assert "value" in as_other_user(readable, model)
     (model / "model.safetensors").chmod(0)
-
-    def poll() -> tuple[bool, float]:
-        parts = EngineParts(torch.device("cpu"), None, None, current)  # type: ignore[arg-type]
-        metrics = WorkerMetrics()
-        switched = parts.maybe_reload(WorkerSettings(model=model), metrics, lambda o: None)
-        return switched, metrics.model_reload_failures._value.get()
-
-    assert as_other_user(poll) == {"value": [False, 1.0]}  # logged, counted, no exception
+    reload_poll(shared / "nowhere")  # here first: see as_other_user
+    assert as_other_user(reload_poll, model) == {"value": (False, 1.0)}  # logged, no exception
 
 
 # -- stream-lstm models ------------------------------------------------------------------------
@@ -276,10 +303,10 @@ def test_models_lists_an_unreadable_artifact_with_the_reason_and_exits_2(
     copy_model(tiny_model, folder / "b")
     version = load_artifact(tiny_model).version
     assert cli(["models", "--json", str(folder)])[0] == 0  # here first: see as_other_user
-    assert as_other_user(lambda: cli(["models", "--json", str(folder)])[0]) == {"value": 0}
+    assert as_other_user(exit_code, ["models", "--json", str(folder)]) == {"value": 0}
 
     (folder / "b").chmod(0)
-    rc, out, err = as_other_user(lambda: cli(["models", "--json", str(folder)]))["value"]
+    rc, out, err = as_other_user(cli, ["models", "--json", str(folder)])["value"]
     assert rc == 2
     rows = {Path(r["path"]).name: r for r in map(json.loads, out.splitlines())}
     assert rows["a"]["version"] == version
@@ -287,7 +314,7 @@ def test_models_lists_an_unreadable_artifact_with_the_reason_and_exits_2(
     assert err.startswith("error: 1 of 2 artifacts could not be read:")
 
     folder.chmod(0)
-    rc, out, err = as_other_user(lambda: cli(["models", str(folder)]))["value"]
+    rc, out, err = as_other_user(cli, ["models", str(folder)])["value"]
     assert rc == 2
     assert err.startswith(f"error: cannot read {folder}: permission denied"), err
 
@@ -330,8 +357,8 @@ def test_train_refuses_an_out_it_cannot_write_before_reading_any_data(
     ro.mkdir(mode=0o755)
     (shared / "rw").mkdir()
     (shared / "rw").chmod(0o777)
-    assert as_other_user(lambda: check_output_dir(shared / "rw" / "m")) == {"value": None}
-    res = as_other_user(lambda: cli([*TRAIN, *data, "--out", str(ro / "m")]))
+    assert as_other_user(check_output_dir, shared / "rw" / "m") == {"value": None}
+    res = as_other_user(cli, [*TRAIN, *data, "--out", str(ro / "m")])
     rc, _, err = res["value"]
     assert rc == 2, err
     assert err.startswith(f"error: cannot write the model artifact to {ro / 'm'}: {ro} is not "
@@ -340,7 +367,7 @@ def test_train_refuses_an_out_it_cannot_write_before_reading_any_data(
     locked = shared / "locked"  # an existing --out that cannot even be looked into
     locked.mkdir()
     locked.chmod(0)
-    rc, _, err = as_other_user(lambda: cli([*TRAIN, *data, "--out", str(locked)]))["value"]
+    rc, _, err = as_other_user(cli, [*TRAIN, *data, "--out", str(locked)])["value"]
     assert rc == 2, err
     assert err.startswith(f"error: cannot write the model artifact to {locked}: {locked}/"), err
     assert "cannot be looked up (Permission denied)" in err
