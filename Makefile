@@ -33,10 +33,15 @@ lock: $(STAMP) ## re-resolve requirements/dev.lock from pyproject.toml
 	$(UV) pip compile --universal --python-version 3.11 pyproject.toml --extra dev -o requirements/dev.lock -q
 
 .PHONY: lint
-lint: $(STAMP) ## ruff lint + format check, mypy
+lint: $(STAMP) ## ruff lint + format check, mypy, the layer contracts (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: docs
+docs: $(STAMP) ## write the worker's settings table into README.md from stream_lstm/config.py
+	$(PY) -m stream_lstm.commands._settings README.md
 
 .PHONY: fmt
 fmt: $(STAMP) ## apply ruff's fixes and formatting

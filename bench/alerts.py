@@ -48,13 +48,14 @@ import stream_lstm
 from stream_lstm.config import WorkerSettings, build_settings
 from stream_lstm.data.datasets import preset
 from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
-from stream_lstm.engine import Engine, EngineConfig, layout_for
-from stream_lstm.events import decode_forecast
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
-from stream_lstm.scoring import Alert, ScoringConfig, decode_alert
-from stream_lstm.testing import MemorySink, MemoryStore, frame_events, ticks, to_messages
+from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
+from stream_lstm.runtime.events import decode_forecast
+from stream_lstm.runtime.scoring import Alert, ScoringConfig, decode_alert
+from stream_lstm.stores.memory import MemoryStore
+from stream_lstm.testing import MemorySink, frame_events, ticks, to_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 

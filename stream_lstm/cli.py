@@ -27,6 +27,7 @@ COMMANDS = [
     "worker",
     "replay",
     "tail",
+    "topics",
     "dashboard",
     "bench",
     "stack",

@@ -31,7 +31,7 @@ from stream_lstm.errors import ConfigError
 from stream_lstm.redact import is_secret_kafka_key, redact_kafka
 
 if TYPE_CHECKING:
-    from stream_lstm.scoring import ScoringConfig
+    from stream_lstm.runtime.scoring import ScoringConfig
 
 # The TOML document given with --config, for the duration of one settings build.
 _TOML: ContextVar[dict[str, Any]] = ContextVar("stream_lstm_toml", default={})  # noqa: B039
@@ -49,6 +49,44 @@ def _split_csv(v: Any) -> Any:
 
 CsvList = Annotated[list[str], NoDecode, BeforeValidator(_split_csv)]
 CsvFloats = Annotated[list[float], NoDecode, BeforeValidator(_split_csv)]
+
+
+def opt(
+    default: Any = ...,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    group: str = "",
+    shown: str | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+    factory: Any = None,
+    hidden: bool = False,
+) -> Any:
+    """A setting, described once: its help (``--help`` and the README's table, where backticks
+    mark code), its flag when that is not ``--<field-name>``, the ``--help`` group, the default
+    as shown when the value itself would mislead, and ``cli=False`` for a setting without a flag
+    (environment and TOML only). ``hidden``: left out of ``repr`` (secrets)."""
+    extra = {"flag": flag, "group": group, "shown": shown, "metavar": metavar, "cli": cli}
+    meta: dict[str, Any] = {
+        "description": help,
+        "json_schema_extra": {k: v for k, v in extra.items() if v is not None},
+    }
+    if hidden:
+        meta["repr"] = False
+    if factory is not None:
+        return Field(default_factory=factory, **meta)
+    return Field(default, **meta)
+
+
+def field_extra(cls: type[BaseSettings], name: str) -> dict[str, Any]:
+    extra = cls.model_fields[name].json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def flag_of(cls: type[BaseSettings], name: str) -> str:
+    """The command-line flag of a setting."""
+    return str(field_extra(cls, name).get("flag") or f"--{name.replace('_', '-')}")
 
 
 def default_state_dir() -> Path:
@@ -82,8 +120,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_")
     toml_section: ClassVar[str] = ""
-    # fields whose flag is not --<field-name> (named in error messages)
-    flag_names: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -131,7 +167,7 @@ def build_settings(cls: type[S], config_file: Path | None = None, **flags: Any) 
                 known = ", ".join(sorted(cls.model_fields))
                 lines.append(f"unknown setting {name!r} (known: {known})")
                 continue
-            flag = cls.flag_names.get(name, f"--{name.replace('_', '-')}")
+            flag = flag_of(cls, name) if name in cls.model_fields else f"--{name}"
             where = f"{flag} / {prefix}{name.upper()}"
             lines.append(f"{where}: {err['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
@@ -255,11 +291,14 @@ class KafkaSettings(Settings):
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="STREAM_LSTM_")
     toml_section: ClassVar[str] = "worker"
-    flag_names: ClassVar[dict[str, str]] = {"kafka_options": "--kafka-option"}
 
-    bootstrap: NonEmpty = "127.0.0.1:9092"
-    # librdkafka pass-through for every client (security settings); out of repr: secrets
-    kafka_options: KafkaOptions = Field(default_factory=dict, repr=False)
+    bootstrap: NonEmpty = opt("127.0.0.1:9092", "Kafka bootstrap servers")
+    kafka_options: KafkaOptions = opt(
+        help="librdkafka setting for every client (security: `security.protocol`, `sasl.*`, "
+        "`ssl.*`); repeatable; in the environment `k=v,k=v` or a JSON object, in TOML the "
+        "`[worker.kafka_options]` table",
+        flag="--kafka-option", metavar="KEY=VALUE", factory=dict, hidden=True,
+    )  # fmt: skip
 
     def kafka_shown(self) -> dict[str, str]:
         """The pass-through librdkafka options with secret values masked."""
@@ -269,62 +308,156 @@ class KafkaSettings(Settings):
 class TopicSettings(KafkaSettings):
     """The Kafka connection and the worker's input and output topics (read by the dashboard)."""
 
-    input_topic: NonEmpty = "events"
-    output_topic: NonEmpty = "forecasts"
+    input_topic: NonEmpty = opt("events", "topic of input events (must exist)")
+    output_topic: NonEmpty = opt("forecasts", "topic for forecasts (must exist)")
 
 
 class WorkerSettings(TopicSettings):
     """`stream-lstm worker`: flags, STREAM_LSTM_* variables, or a [worker] TOML table."""
 
     model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_")
-    flag_names: ClassVar[dict[str, str]] = {
-        **KafkaSettings.flag_names,
-        "consumer_options": "--consumer-option",
-        "producer_options": "--producer-option",
-        "redis_connect_timeout_s": "--redis-connect-timeout",
-        "redis_outage_limit_s": "--redis-outage-limit",
-    }
 
-    model: Path
-    features: CsvList | None = None  # what producers send; checked against the model at start
-    dlq_topic: NonEmpty = "events-dlq"
-    redis: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    group: NonEmpty = "stream-lstm"
-    namespace: NonEmpty | None = None  # Redis key prefix; default "slstm:<group>"
-    max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
-    max_wait_ms: Annotated[int, Field(ge=0)] = 5
-    commit_interval_ms: Annotated[int, Field(ge=0)] = 1000
-    metrics_addr: str = "127.0.0.1"
-    metrics_port: Annotated[int, Field(ge=-1, le=65535)] = 9464  # 0: any free port, -1: off
-    device: str = "auto"
-    threads: Annotated[int, Field(ge=1)] | None = None
-    state_ttl_s: Annotated[int, Field(ge=0)] = 7 * 86_400
-    late_policy: Literal["dlq", "drop"] = "dlq"
-    missing: Literal["dlq", "ffill"] = "dlq"  # a feature an event did not send (or sent null)
-    max_future_ms: int = 86_400_000
-    max_message_bytes: Annotated[int, Field(ge=64)] = 65_536
-    max_key_bytes: Annotated[int, Field(ge=1)] = 256
-    allow_unknown_features: bool = False
-    redis_connect_timeout_s: Annotated[float, Field(ge=0)] = 0.0
-    redis_outage_limit_s: Annotated[float, Field(ge=0)] = 240.0
-    flush_timeout_s: Annotated[float, Field(gt=0)] = 120.0
-    # live forecast scoring and excursion alerts (stream_lstm/scoring.py)
-    score_steps: str = "auto"  # auto, all, none, or a list like 1,6,24
-    residual_alpha: Annotated[float, Field(gt=0, le=1)] = 0.02
-    alert_sigma: Annotated[float, Field(ge=0)] = 6.0
-    alert_interval: bool = True
-    alert_warmup: Annotated[int, Field(ge=0)] = 48
-    alerts_topic: str | None = None  # None: alerts are counted in metrics, not produced
-    # hot model reload: look at the --model path this often for a new version (0: never)
-    model_poll_s: Annotated[float, Field(ge=0)] = 10.0
-    # "confluent": the confluent-kafka driver (worker.py); "faust": the same engine as a Faust
-    # agent (faust_app.py), with Faust's web server off unless faust_web_port >= 0
-    runtime: Literal["confluent", "faust"] = "confluent"
-    faust_web_port: Annotated[int, Field(ge=-1, le=65535)] = -1
-    # librdkafka pass-through besides `kafka_options` (every client): the consumer only (e.g.
-    # session.timeout.ms) or the producer only (e.g. linger.ms)
-    consumer_options: KafkaOptions = Field(default_factory=dict, repr=False)
-    producer_options: KafkaOptions = Field(default_factory=dict, repr=False)
+    model: Path = opt(help="model artifact directory")
+    features: CsvList | None = opt(
+        None,
+        "the feature names producers send (comma-separated); the worker refuses to start if "
+        "the model's differ",
+        shown="(the model's)",
+    )
+    dlq_topic: NonEmpty = opt("events-dlq", "dead-letter topic for bad events (must exist)")
+    redis: SecretStr = opt(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        "Redis URL: `redis://user:password@host:port/db` or `…/db?password=…`, `rediss://` for "
+        "TLS, `unix:///path/redis.sock?db=0` (percent-encode `/ # ? @` in a password: "
+        "`%2F %23 %3F %40`)",
+        shown="redis://127.0.0.1:6379/0",
+    )
+    group: NonEmpty = opt("stream-lstm", "consumer group (and the Faust app id)")
+    runtime: Literal["confluent", "faust"] = opt(
+        "confluent",
+        "`confluent`: the confluent-kafka driver; `faust`: the same engine as a faust-streaming "
+        "agent (see Running inside Faust in the README)",
+    )
+    faust_web_port: Annotated[int, Field(ge=-1, le=65535)] = opt(
+        -1, "with `--runtime faust`: serve Faust's web views on this port (-1: off)"
+    )
+    namespace: NonEmpty | None = opt(None, "Redis key prefix for state", shown="slstm:<group>")
+    max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = opt(
+        4096, "a tick closes at this many messages …", group="ticks and commits"
+    )
+    max_wait_ms: Annotated[int, Field(ge=0)] = opt(
+        5, "… or after this long", group="ticks and commits"
+    )
+    commit_interval_ms: Annotated[int, Field(ge=0)] = opt(
+        1000, "commit cycle interval", group="ticks and commits"
+    )
+    device: str = opt(
+        "auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`", group="ticks and commits"
+    )
+    threads: Annotated[int, Field(ge=1)] | None = opt(
+        None,
+        "torch CPU threads for the model call (a tick's call is small, and more threads "
+        "spin-waiting on a busy machine stall the loop)",
+        group="ticks and commits", shown="1",
+    )  # fmt: skip
+    late_policy: Literal["dlq", "drop"] = opt(
+        "dlq", "late events: dead-letter (`dlq`) or count and drop (`drop`)", group="validation"
+    )
+    missing: Literal["dlq", "ffill"] = opt(
+        "dlq",
+        "a feature an event does not send (or sends as `null`): `dlq` dead-letters the event "
+        "(`missing_feature`); `ffill` carries the key's previous value forward (a key's events "
+        "before its first complete one are still dead-lettered), as `predict --missing ffill` "
+        "does",
+        group="validation",
+    )
+    max_future_ms: int = opt(
+        86_400_000, "refuse event times further ahead than this (-1: off)", group="validation"
+    )
+    max_message_bytes: Annotated[int, Field(ge=64)] = opt(
+        65_536, "refuse larger messages", group="validation"
+    )
+    max_key_bytes: Annotated[int, Field(ge=1)] = opt(256, "refuse longer keys", group="validation")
+    allow_unknown_features: bool = opt(
+        False, "ignore value names the model does not know", group="validation"
+    )
+    # live forecast scoring and excursion alerts (stream_lstm/runtime/scoring.py)
+    score_steps: str = opt(
+        "auto",
+        "horizon steps scored against the actuals: `auto` (1, 2, 3, 6, 12, 24, 48, … up to H, "
+        "and H), `all`, `none`, or a list like `1,6,24` (step 1 is always scored)",
+        group="live scoring and alerts",
+    )
+    residual_alpha: Annotated[float, Field(gt=0, le=1)] = opt(
+        0.02,
+        "weight of the newest one-step residual in each key's running mean and variance "
+        "(about the last 1/alpha residuals; keep that at a day of events or more)",
+        group="live scoring and alerts",
+    )
+    alert_sigma: Annotated[float, Field(ge=0)] = opt(
+        6.0,
+        "an actual is outside when its residual is this many standard deviations from the "
+        "key's mean residual (0: off)",
+        group="live scoring and alerts",
+    )
+    alert_interval: bool = opt(
+        True,
+        "an actual farther from the median than `--alert-sigma` standard deviations as the "
+        "forecast's quantiles imply them (and outside the interval) is outside too (models "
+        "with quantiles)",
+        group="live scoring and alerts",
+    )
+    alert_warmup: Annotated[int, Field(ge=0)] = opt(
+        48, "residuals a key needs before the sigma rule applies", group="live scoring and alerts"
+    )
+    alerts_topic: str | None = opt(
+        None,
+        "topic for excursion alerts (open/close); without it they are only counted",
+        group="live scoring and alerts", shown="(none)",
+    )  # fmt: skip
+    model_poll_s: Annotated[float, Field(ge=0)] = opt(
+        10.0,
+        "look at `--model` this often for a new model version and switch to it without a "
+        "restart (0: never)",
+        group="operations",
+    )
+    metrics_addr: str = opt(
+        "127.0.0.1", "address for `/metrics`, `/healthz`, `/readyz`", group="operations"
+    )
+    metrics_port: Annotated[int, Field(ge=-1, le=65535)] = opt(
+        9464, "port for them (0: any free port; -1: off)", group="operations"
+    )
+    state_ttl_s: Annotated[int, Field(ge=0)] = opt(
+        7 * 86_400, "idle keys' state expires after this long", group="operations"
+    )
+    redis_connect_timeout_s: Annotated[float, Field(ge=0)] = opt(
+        0.0,
+        "wait this long for Redis at start (0: fail at once with a clear error)",
+        flag="--redis-connect-timeout", group="operations",
+    )  # fmt: skip
+    redis_outage_limit_s: Annotated[float, Field(ge=0)] = opt(
+        240.0,
+        "keep retrying a Redis outage this long, then exit 1",
+        flag="--redis-outage-limit", group="operations",
+    )  # fmt: skip
+    flush_timeout_s: Annotated[float, Field(gt=0)] = opt(
+        120.0,
+        "how long a commit cycle waits for the producer's acknowledgements before it counts "
+        "the outputs as not delivered (and the worker rewinds)",
+        group="operations",
+    )
+    # librdkafka pass-through besides `kafka_options` (every client)
+    consumer_options: KafkaOptions = opt(
+        help="librdkafka setting for the consumer only, e.g. `session.timeout.ms=10000` "
+        "(repeatable)",
+        flag="--consumer-option", metavar="KEY=VALUE", group="operations", factory=dict,
+        hidden=True,
+    )  # fmt: skip
+    producer_options: KafkaOptions = opt(
+        help="librdkafka setting for the producer only, e.g. `linger.ms=5` (repeatable)",
+        flag="--producer-option", metavar="KEY=VALUE", group="operations", factory=dict,
+        hidden=True,
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _safe_delivery(self) -> Self:
@@ -363,13 +496,13 @@ class WorkerSettings(TopicSettings):
     @field_validator("score_steps")
     @classmethod
     def _steps_syntax(cls, v: str) -> str:
-        from stream_lstm.scoring import resolve_steps
+        from stream_lstm.runtime.scoring import resolve_steps
 
         resolve_steps(v, 10**6)  # the syntax; the model's horizon is checked at start
         return v
 
     def scoring(self) -> ScoringConfig:
-        from stream_lstm.scoring import ScoringConfig
+        from stream_lstm.runtime.scoring import ScoringConfig
 
         return ScoringConfig(
             steps=self.score_steps,

@@ -30,11 +30,11 @@ from rich.text import Text
 from stream_lstm.config import WorkerSettings, build_settings
 from stream_lstm.data.datasets import Preset
 from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
-from stream_lstm.events import decode_forecast
-from stream_lstm.kafka import KafkaSink, make_admin
+from stream_lstm.drivers.confluent import Worker
+from stream_lstm.drivers.kafka_client import KafkaSink, make_admin
 from stream_lstm.replay import RateLimiter, iter_events
+from stream_lstm.runtime.events import decode_forecast
 from stream_lstm.stack import Stack
-from stream_lstm.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class LiveView:
 
 def train_model(opts: DemoOptions, console: Console, frame: pd.DataFrame, cut_ms: int) -> None:
     """An lstm on the history before the replayed span (validation: its last 4 weeks)."""
-    from stream_lstm.train import TrainOptions, train
+    from stream_lstm.training.train import TrainOptions, train
 
     p = opts.preset
     if (opts.model_dir / "VERSION").exists() and not opts.retrain:

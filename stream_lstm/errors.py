@@ -1,7 +1,7 @@
 """One root exception and small subclasses that carry their cause.
 
 Bad *input events* are not exceptions: they are values with a reason that go to the dead-letter
-topic (see ``events.py``). Exceptions here are for things an operator must fix.
+topic (see ``runtime/events.py``). Exceptions here are for things an operator must fix.
 """
 
 from __future__ import annotations

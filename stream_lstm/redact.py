@@ -11,7 +11,8 @@ Two functions, used by every caller that shows a URL or librdkafka settings:
   the others (``sasl.oauthbearer.token.endpoint.url``).
 
 :func:`scrub` masks those secret values in the text of a client library's error message. All
-are plain functions without dependencies, so config.py, kafka.py and the state store can use them.
+are plain functions without dependencies, so the settings, the Kafka client and the state store
+can use them.
 """
 
 from __future__ import annotations

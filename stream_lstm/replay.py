@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from stream_lstm.data.loading import KEY, TS
-from stream_lstm.events import encode_event
+from stream_lstm.runtime.events import encode_event
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """An in-process harness for the engine: memory sink, memory state store, message builders.
 
-Fast unit tests drive the same :class:`~stream_lstm.engine.Engine` the worker runs; the
+Fast unit tests drive the same :class:`~stream_lstm.runtime.engine.Engine` the worker runs; the
 integration tests then prove the same behaviour on a real Kafka broker and Redis.
 """
 
@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 
 from stream_lstm.data.loading import KEY, TS
-from stream_lstm.events import InMessage, encode_event
-from stream_lstm.state import Layout, Snapshot, apply_delta, write_refused
-from stream_lstm.state_redis import SaveResult, newer
+from stream_lstm.runtime.events import InMessage, encode_event
 
 
 @dataclass
@@ -52,83 +50,6 @@ class MemorySink:
 
     def on(self, topic: str) -> list[Produced]:
         return [p for p in self.delivered + self.pending if p.topic == topic]
-
-
-@dataclass
-class MemoryStore:
-    """The Redis store's contract in memory: delta writes, refused when a newer one is stored."""
-
-    layout: Layout
-    previous_version: str | None = None
-    data: dict[str, bytes] = field(default_factory=dict)
-    loads: int = 0  # round trips
-    saves: int = 0
-    marker: str | None = "e0"  # the namespace's epoch marker (see RedisStateStore)
-    epoch: str = "e0"  # the marker as this store's user knows it
-    wipes: int = 0
-    _wiped: bool = False
-
-    def wipe(self) -> None:
-        """What FLUSHDB does: every record and the marker are gone."""
-        self.data.clear()
-        self.marker = None
-
-    def _check_epoch(self) -> bool:
-        """The marker is the known epoch; if not (after :meth:`wipe`), adopt a new one."""
-        if self.marker is not None and self.marker == self.epoch:
-            return True
-        if self.marker is None:
-            self.wipes += 1
-            self.marker = f"e{self.wipes}"
-        self.epoch = self.marker
-        self._wiped = True
-        return False
-
-    def wiped(self) -> bool:
-        w, self._wiped = self._wiped, False
-        return w
-
-    @property
-    def version(self) -> str:
-        return self.layout.version
-
-    def _k(self, key: str, version: str | None = None) -> str:
-        return f"{version or self.version}:{{{key}}}"
-
-    def load(self, keys: Sequence[str]) -> list[bytes | None]:
-        self.loads += 1
-        self._check_epoch()
-        out = []
-        for k in keys:
-            rec = self.data.get(self._k(k))
-            if self.previous_version:
-                rec = newer(rec, self.data.get(self._k(k, self.previous_version)))
-            out.append(rec)
-        return out
-
-    def save(self, snap: Snapshot) -> SaveResult:
-        self.saves += 1
-        res = SaveResult()
-        if not self._check_epoch():
-            res.wiped = True
-            return res
-        for k, fixed, rows in snap.items():
-            name = self._k(k, snap.layout.version)
-            cur = self.data.get(name)
-            if cur is not None and write_refused(cur, fixed):
-                res.refused.append(k)
-                continue
-            self.data[name] = apply_delta(cur, fixed, rows, snap.layout)
-            res.written += 1
-        return res
-
-    def use_layout(self, layout: Layout) -> None:
-        if layout.version != self.version:
-            self.previous_version = self.version
-        self.layout = layout
-
-    def record(self, key: str) -> bytes | None:
-        return self.data.get(self._k(key))
 
 
 def frame_events(

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream_lstm.inference import TickRunner
 from stream_lstm.model.lstm import LSTMForecaster
+from stream_lstm.runtime.inference import TickRunner
 
 SIZES = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
 

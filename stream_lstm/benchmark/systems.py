@@ -22,11 +22,11 @@ import torch
 from confluent_kafka import KafkaError, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_lstm.events import EventIn, ForecastOut, encode_forecast
-from stream_lstm.kafka import KafkaSink, commit_offsets, make_consumer
+from stream_lstm.drivers.kafka_client import KafkaSink, commit_offsets, make_consumer
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.lstm import LSTMForecaster
 from stream_lstm.model.runtime import Forecaster
+from stream_lstm.runtime.events import EventIn, ForecastOut, encode_forecast
 from stream_lstm.stack.procs import free_port
 
 

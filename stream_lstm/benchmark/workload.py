@@ -12,10 +12,10 @@ import torch
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from stream_lstm.events import encode_event
 from stream_lstm.model.artifact import build_module, save_artifact
 from stream_lstm.model.scaling import Scaler
 from stream_lstm.model.spec import ModelConfig
+from stream_lstm.runtime.events import encode_event
 
 T0 = 1_704_067_200_000
 

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any, TypeVar
 
+from stream_lstm.commands._settings import add_settings_flags
 from stream_lstm.config import KafkaSettings, build_settings
 
 K = TypeVar("K", bound=KafkaSettings)
@@ -32,22 +33,12 @@ def add_kafka_flags(p: argparse.ArgumentParser, reads: str = "bootstrap and kafk
         metavar="TOML",
         help=f"TOML file with a [worker] table; this command reads {reads} from it",
     )
-    g.add_argument(
-        "--bootstrap",
-        help="Kafka bootstrap servers (env STREAM_LSTM_BOOTSTRAP; default 127.0.0.1:9092)",
-    )
-    g.add_argument(
-        "--kafka-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="librdkafka setting for every client, e.g. security.protocol=SASL_SSL (repeatable; "
-        "env STREAM_LSTM_KAFKA_OPTIONS as k=v,k=v or a JSON object; TOML [worker.kafka_options])",
-    )
+    add_settings_flags(g, KafkaSettings)  # --bootstrap, --kafka-option
 
 
 def kafka_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The given Kafka connection flags as settings (None: not given)."""
-    return {"bootstrap": args.bootstrap, "kafka_options": args.kafka_option}
+    return {"bootstrap": args.bootstrap, "kafka_options": args.kafka_options}
 
 
 def kafka_settings(args: argparse.Namespace, cls: type[K], **more: Any) -> K:

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from stream_lstm.dashboard.feed import KafkaFeed
     from stream_lstm.dashboard.server import Dashboard
     from stream_lstm.dashboard.store import SeriesStore
-    from stream_lstm.kafka import check_topics
+    from stream_lstm.drivers.kafka_client import check_topics
 
     keys = parse_keys(args.keys)
     s = kafka_settings(

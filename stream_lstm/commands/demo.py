@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from stream_lstm.commands.stack import add_stack_flags, print_status, stack_from_args
+from stream_lstm.commands._stack import add_stack_flags, print_status, stack_from_args
 from stream_lstm.config import default_state_dir
 from stream_lstm.data.datasets import PRESETS, preset
 

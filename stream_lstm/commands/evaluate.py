@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 
 from stream_lstm.commands._data import (
     add_data_flags,
@@ -17,11 +16,12 @@ from stream_lstm.commands._data import (
     resolve_series,
 )
 from stream_lstm.commands._output import check_output_file
+from stream_lstm.commands._scores import print_scores
 from stream_lstm.config import DataSettings, build_settings
 from stream_lstm.errors import ConfigError
 
 if TYPE_CHECKING:  # keeps `stream-lstm --help` free of torch
-    from stream_lstm.evaluate import EvalResult
+    pass
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,9 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from stream_lstm.data.loading import load_frame
     from stream_lstm.data.splits import SplitPoints
-    from stream_lstm.evaluate import evaluate, plot_all
     from stream_lstm.model.artifact import load_artifact
     from stream_lstm.model.runtime import Forecaster
+    from stream_lstm.training.evaluate import evaluate, plot_all
 
     artifact = load_artifact(args.model)
     out = args.out or args.model / "evaluation.json"
@@ -86,40 +86,3 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"plot: {png}")
     console.print(f"written: {out}")
     return 0
-
-
-def print_scores(console: Console, result: EvalResult) -> None:
-    """Overall metrics per method, then MAE at a few horizon steps."""
-    from stream_lstm.evaluate import METHODS
-
-    t = Table(
-        title=f"{result.split} span: {result.origins} forecast origins, horizon {result.horizon}, "
-        f"season {result.season}"
-    )
-    t.add_column("method")
-    for m in ("MAE", "RMSE", "sMAPE %", "MAE (std.)", "RMSE (std.)"):
-        t.add_column(m, justify="right")
-    for name in METHODS:
-        o = result.scores[name]["original"]["overall"]
-        z = result.scores[name]["standardised"]["overall"]
-        t.add_row(
-            name.replace("_", " "),
-            f"{o['mae']:.4g}",
-            f"{o['rmse']:.4g}",
-            f"{o['smape']:.2f}",
-            f"{z['mae']:.4f}",
-            f"{z['rmse']:.4f}",
-        )
-    console.print(t)
-    H = result.horizon
-    steps = sorted({1, max(1, H // 4), max(1, H // 2), H})
-    t2 = Table(title="MAE by horizon step (original units)")
-    t2.add_column("method")
-    for h in steps:
-        t2.add_column(f"h={h}", justify="right")
-    for name in METHODS:
-        mae = result.scores[name]["original"]["per_h"]["mae"]
-        t2.add_row(name.replace("_", " "), *(f"{mae[h - 1]:.4g}" for h in steps))
-    console.print(t2)
-    if result.coverage:
-        console.print(f"interval coverage: {result.coverage}")

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from stream_lstm.model.artifact import load_artifact
     from stream_lstm.model.runtime import Forecaster
-    from stream_lstm.predict import predict_file
+    from stream_lstm.training.predict import predict_file
 
     if args.out.suffix.lower() not in {".csv", ".parquet", ".pq"}:
         raise ConfigError(f"--out must end in .csv or .parquet, got {args.out.name}")

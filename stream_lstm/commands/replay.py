@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stream_lstm.data.loading import load_frame
-    from stream_lstm.kafka import KafkaSink
+    from stream_lstm.drivers.kafka_client import KafkaSink
     from stream_lstm.replay import RateLimiter, iter_events
 
     k = kafka_settings(args, KafkaSettings)

@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stream_lstm.data.anomalies import RepairRule
-    from stream_lstm.train import TrainOptions, train
+    from stream_lstm.training.train import TrainOptions, train
 
     s = build_settings(
         TrainSettings,
@@ -171,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"training {opts.kind} on {path} → {s.out}")
     artifact, metrics = train(path, spec, opts, s.out)
-    from stream_lstm.commands.evaluate import print_scores
-    from stream_lstm.evaluate import EvalResult
+    from stream_lstm.commands._scores import print_scores
+    from stream_lstm.training.evaluate import EvalResult
 
     print_scores(console, EvalResult(**metrics["evaluation"]))
     best = metrics["training"]["best_epoch"]

@@ -17,8 +17,8 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from stream_lstm.dashboard.store import SeriesStore
-from stream_lstm.events import EventIn, decode_forecast, parse_ts
-from stream_lstm.kafka import make_consumer
+from stream_lstm.drivers.kafka_client import make_consumer
+from stream_lstm.runtime.events import EventIn, decode_forecast, parse_ts
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stream_lstm.events import ForecastOut
+from stream_lstm.runtime.events import ForecastOut
 
 
 @dataclass(frozen=True, slots=True)

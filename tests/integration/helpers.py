@@ -15,8 +15,8 @@ import pandas as pd
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from stream_lstm.config import WorkerSettings, build_settings
-from stream_lstm.events import decode_forecast
-from stream_lstm.worker import Worker
+from stream_lstm.drivers.confluent import Worker
+from stream_lstm.runtime.events import decode_forecast
 from tests.integration.conftest import unique
 
 

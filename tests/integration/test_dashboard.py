@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from stream_lstm.cli import main
-from stream_lstm.events import ForecastOut, encode_event, encode_forecast
+from stream_lstm.runtime.events import ForecastOut, encode_event, encode_forecast
 from stream_lstm.stack.procs import free_port
 from tests.integration.helpers import produce, wait_for
 

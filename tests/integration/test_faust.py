@@ -12,7 +12,7 @@ import psutil
 
 from stream_lstm.data.datasets import preset
 from stream_lstm.data.loading import SeriesSpec, load_frame
-from stream_lstm.evaluate import stream_rows
+from stream_lstm.training.evaluate import stream_rows
 from tests.integration.conftest import Services
 from tests.integration.faults import WorkerProc
 from tests.integration.helpers import (

@@ -28,7 +28,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from stream_lstm.data.loading import KEY, TS, load_frame
 from stream_lstm.data.synthetic import synthetic_frame
-from stream_lstm.events import decode_forecast, encode_event
+from stream_lstm.runtime.events import decode_forecast, encode_event
 from tests.integration.conftest import Services
 from tests.integration.faults import committed, read_topic
 from tests.integration.helpers import (

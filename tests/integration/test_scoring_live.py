@@ -11,8 +11,8 @@ import msgspec
 import numpy as np
 
 from stream_lstm.data.loading import load_frame
-from stream_lstm.events import decode_forecast, parse_ts
-from stream_lstm.scoring import decode_alert
+from stream_lstm.runtime.events import decode_forecast, parse_ts
+from stream_lstm.runtime.scoring import decode_alert
 from tests.integration.conftest import Services
 from tests.integration.helpers import (
     make_topics,

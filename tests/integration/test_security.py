@@ -305,7 +305,7 @@ def test_kafka_sasl_settings_reach_every_client(
 def test_metrics_bind_to_loopback_by_default_and_as_configured(
     services: Services, topic_factory: Callable[..., str], synth_model: Path
 ) -> None:
-    from stream_lstm.worker import Worker
+    from stream_lstm.drivers.confluent import Worker
 
     topics = make_topics(topic_factory, partitions=1)
     for addr, expect in ((None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")):

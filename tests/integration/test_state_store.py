@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from stream_lstm.state import Layout, StateCache
-from stream_lstm.state_redis import RedisStateStore
-from stream_lstm.testing import MemoryStore
+from stream_lstm.runtime.cache import StateCache
+from stream_lstm.stores.memory import MemoryStore
+from stream_lstm.stores.record import Layout
+from stream_lstm.stores.redis import RedisStateStore
 from tests.integration.conftest import Services, unique
 from tests.unit.test_state import feed
 

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from stream_lstm.cli import main
-from stream_lstm.events import ForecastOut, encode_forecast
+from stream_lstm.runtime.events import ForecastOut, encode_forecast
 from tests.integration.conftest import unique
 from tests.integration.helpers import produce
 

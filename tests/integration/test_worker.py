@@ -14,12 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_lstm.data.datasets import preset
 from stream_lstm.data.loading import KEY, SeriesSpec, load_frame
 from stream_lstm.data.synthetic import synthetic_frame
-from stream_lstm.evaluate import stream_rows
-from stream_lstm.events import encode_event
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
-from stream_lstm.predict import predict_frame
 from stream_lstm.replay import iter_events
+from stream_lstm.runtime.events import encode_event
+from stream_lstm.training.evaluate import stream_rows
+from stream_lstm.training.predict import predict_frame
 from tests.integration.conftest import Services
 from tests.integration.helpers import (
     forecasts_frame,

@@ -8,7 +8,7 @@ import pytest
 
 from stream_lstm.data.loading import SeriesSpec
 from stream_lstm.data.synthetic import synthetic_frame
-from stream_lstm.train import TrainOptions, train
+from stream_lstm.training.train import TrainOptions, train
 
 SPEC = SeriesSpec(time_col="ts", features=("f0", "f1"), targets=("f0",), key_col="key")
 

@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 import torch
 
-import stream_lstm.train
-from stream_lstm.assembly import EngineParts
+import stream_lstm.training.train
 from stream_lstm.cli import main
 from stream_lstm.config import WorkerSettings
+from stream_lstm.drivers.assembly import EngineParts
 from stream_lstm.errors import ConfigError, ModelError
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import (
@@ -331,7 +331,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def prepare(*args: object, **kw: object) -> None:
         raise AssertionError("the data was read before --out was checked")
 
-    monkeypatch.setattr(stream_lstm.train, "prepare", prepare)
+    monkeypatch.setattr(stream_lstm.training.train, "prepare", prepare)
 
 
 def test_train_refuses_an_out_it_cannot_write_before_reading_any_data(

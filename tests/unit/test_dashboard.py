@@ -17,7 +17,7 @@ from stream_lstm.dashboard.feed import apply_event, apply_forecast
 from stream_lstm.dashboard.server import Dashboard, static_file
 from stream_lstm.dashboard.store import SeriesStore, interval_of
 from stream_lstm.errors import ConfigError
-from stream_lstm.events import ForecastOut, encode_event, encode_forecast
+from stream_lstm.runtime.events import ForecastOut, encode_event, encode_forecast
 
 HOUR = 3_600_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z

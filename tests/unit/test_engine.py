@@ -12,15 +12,16 @@ import pytest
 import torch
 
 from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
-from stream_lstm.engine import Engine, EngineConfig, layout_for
-from stream_lstm.events import decode_forecast
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact, save_artifact
 from stream_lstm.model.lstm import LSTMForecaster
 from stream_lstm.model.runtime import Forecaster
-from stream_lstm.predict import predict_frame
-from stream_lstm.state import decode_any
-from stream_lstm.testing import MemorySink, MemoryStore, frame_events, ticks, to_messages
+from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
+from stream_lstm.runtime.events import decode_forecast
+from stream_lstm.stores.memory import MemoryStore
+from stream_lstm.stores.record import decode_any
+from stream_lstm.testing import MemorySink, frame_events, ticks, to_messages
+from stream_lstm.training.predict import predict_frame
 
 CFG = EngineConfig(output_topic="out", dlq_topic="dlq")
 
@@ -81,8 +82,9 @@ def test_one_model_call_and_one_load_per_tick(
     df = frame(synth_csv)
     eng, store, _ = make_engine(tiny_model)
     calls = []
-    real = eng.runner.run_stateful
-    monkeypatch.setattr(eng.runner, "run_stateful", lambda *a: calls.append(a[0].shape) or real(*a))
+    runner = eng.step.runner  # type: ignore[attr-defined]
+    real = runner.run_stateful
+    monkeypatch.setattr(runner, "run_stateful", lambda *a: calls.append(a[0].shape) or real(*a))
     msgs = to_messages(frame_events(df, ["f0", "f1"]))
     eng.process(msgs[:300])  # 3 keys, ~100 events each, in ONE tick
     assert len(calls) == 1
@@ -262,8 +264,8 @@ def test_a_fenced_commit_keeps_the_states_applied_since_the_last_write(
     since the last write would be lost from the state (seen once in the zombie chaos test)."""
     from confluent_kafka import KafkaError, KafkaException
 
+    from stream_lstm.drivers.confluent import Worker
     from stream_lstm.errors import KafkaClientError
-    from stream_lstm.worker import Worker
 
     msgs = to_messages(frame_events(frame(synth_csv), ["f0", "f1"]), partitions=1)
     eng, store, _ = make_engine(tiny_model)

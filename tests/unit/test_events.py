@@ -11,8 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_lstm.engine import Engine, EngineConfig, layout_for
-from stream_lstm.events import (
+from stream_lstm.metrics import WorkerMetrics
+from stream_lstm.model.artifact import load_artifact
+from stream_lstm.model.runtime import Forecaster
+from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
+from stream_lstm.runtime.events import (
     REASONS,
     Decoder,
     DecoderConfig,
@@ -22,10 +25,8 @@ from stream_lstm.events import (
     encode_event,
     parse_ts,
 )
-from stream_lstm.metrics import WorkerMetrics
-from stream_lstm.model.artifact import load_artifact
-from stream_lstm.model.runtime import Forecaster
-from stream_lstm.testing import MemorySink, MemoryStore
+from stream_lstm.stores.memory import MemoryStore
+from stream_lstm.testing import MemorySink
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 H = 3_600_000
@@ -124,7 +125,7 @@ def test_bad_event_is_dead_lettered_and_good_ones_flow(
     forecaster: Forecaster,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("stream_lstm.events.time.time", lambda: NOW / 1000)
+    monkeypatch.setattr("stream_lstm.runtime.events.time.time", lambda: NOW / 1000)
     eng, sink = engine(forecaster)
     eng.process(msgs([good(0), good(1), (key, value), good(2), good(3)]))
     dlq = sink.on("dlq")

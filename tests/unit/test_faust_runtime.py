@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from stream_lstm.config import WorkerSettings, build_settings
+from stream_lstm.drivers.faust import batch_of, faust_options
 from stream_lstm.errors import ConfigError
-from stream_lstm.faust_app import faust_options, to_batch
 
 
 def settings(**kw: object) -> WorkerSettings:
@@ -56,7 +56,7 @@ def test_events_become_engine_columns_with_millisecond_timestamps() -> None:
         msg = SimpleNamespace(partition=p, offset=o, timestamp=ts, key=key, value=value)
         return SimpleNamespace(message=msg)
 
-    b = to_batch([event(1, 7, 1700000000.123, b"k", b"{}"), event(0, 3, 1.5, None, None)], "t")  # type: ignore[list-item]
+    b = batch_of([event(1, 7, 1700000000.123, b"k", b"{}"), event(0, 3, 1.5, None, None)], "t")  # type: ignore[list-item]
     assert b.topic == "t" and len(b) == 2
     assert b.keys == [b"k", None] and b.values == [b"{}", None]
     np.testing.assert_array_equal(b.partitions, [1, 0])

@@ -185,7 +185,7 @@ def test_a_malformed_secret_option_is_not_echoed() -> None:
 
 
 def test_client_errors_show_the_settings_without_secrets() -> None:
-    from stream_lstm.kafka import cluster_metadata, make_consumer, make_producer
+    from stream_lstm.drivers.kafka_client import cluster_metadata, make_consumer, make_producer
 
     options = {"sasl.password": SECRET, "ssl.key.pem": SECRET, "socket.timeout.ms": "abc"}
     for make in (
@@ -214,8 +214,8 @@ def test_a_redis_url_redis_py_cannot_use_is_a_configuration_error_without_its_se
     url: str,
 ) -> None:
     from stream_lstm.errors import ConfigError
-    from stream_lstm.state import Layout
-    from stream_lstm.state_redis import RedisStateStore
+    from stream_lstm.stores.record import Layout
+    from stream_lstm.stores.redis import RedisStateStore
 
     with pytest.raises(ConfigError) as e:  # no network: refused before any connection
         RedisStateStore(url, "ns", Layout("v", 1, 1, 1, 1)).connect()

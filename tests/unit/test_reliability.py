@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_lstm.engine import Engine, EngineConfig, layout_for
 from stream_lstm.errors import PublishError
-from stream_lstm.evaluate import stream_rows
-from stream_lstm.events import (
+from stream_lstm.metrics import WorkerMetrics
+from stream_lstm.model.artifact import load_artifact
+from stream_lstm.model.runtime import Forecaster
+from stream_lstm.runtime.cache import StateCache
+from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
+from stream_lstm.runtime.events import (
     Decoder,
     DecoderConfig,
     InMessage,
@@ -21,23 +24,21 @@ from stream_lstm.events import (
     decode_forecast,
     encode_event,
 )
-from stream_lstm.metrics import WorkerMetrics
-from stream_lstm.model.artifact import load_artifact
-from stream_lstm.model.runtime import Forecaster
-from stream_lstm.predict import predict_frame
-from stream_lstm.state import (
+from stream_lstm.stores.memory import MemoryStore
+from stream_lstm.stores.record import (
     HEADER,
     HEADER_V3,
     MAGIC_V3,
     NO_TOPIC,
     Layout,
-    StateCache,
     apply_delta,
     decode_any,
     upgrade,
     write_refused,
 )
-from stream_lstm.testing import MemorySink, MemoryStore, frame_events, ticks, to_messages
+from stream_lstm.testing import MemorySink, frame_events, ticks, to_messages
+from stream_lstm.training.evaluate import stream_rows
+from stream_lstm.training.predict import predict_frame
 from tests.unit.test_engine import (
     CFG,
     assert_parity,
@@ -323,7 +324,7 @@ def test_a_wiped_store_is_noticed_and_rewritten_by_the_worker_holding_the_keys(
     eng.commit_cycle(lambda o: None)
     store.wipe()  # FLUSHDB under a running worker; its keys are idle
     eng.commit_cycle(lambda o: None)  # nothing dirty: the idle check…
-    eng._last_store_check = 0.0
+    eng.commits._last_store_check = 0.0
     eng.commit_cycle(lambda o: None)  # …runs every few seconds
     assert eng.metrics.state_wipes._value.get() == 1
     eng.commit_cycle(lambda o: None)  # the rewrite
@@ -397,7 +398,7 @@ def test_after_a_wipe_the_stateful_kind_keeps_the_last_row_that_ffill_carries_fo
         eng.commit_cycle(lambda o: None)
         if wipe:
             store.wipe()
-            eng._last_store_check = 0.0
+            eng.commits._last_store_check = 0.0
             eng.commit_cycle(lambda o: None)  # noticed
             eng.commit_cycle(lambda o: None)  # rewritten
         eng2 = engine(store)  # a restart (another partition: the offsets need not follow)
@@ -417,7 +418,7 @@ def test_after_a_wipe_the_stateful_kind_keeps_the_last_row_that_ffill_carries_fo
 
 def test_an_actual_near_the_float32_limit_keeps_the_error_sums_finite(tiny_model: Path) -> None:
     """Once: one accepted value of 3.4e38 made the squared-error counter +Inf for good."""
-    from stream_lstm.scoring import ScoringConfig
+    from stream_lstm.runtime.scoring import ScoringConfig
 
     fc = Forecaster(load_artifact(tiny_model))
     eng = Engine(fc, MemoryStore(layout_for(fc, ScoringConfig())), MemorySink(), WorkerMetrics(),

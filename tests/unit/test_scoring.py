@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 
 from stream_lstm.data.loading import load_frame
-from stream_lstm.engine import Engine, EngineConfig, layout_for
-from stream_lstm.events import InMessage, decode_forecast, encode_event
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.model.spec import ModelConfig
-from stream_lstm.scoring import Alert, Scorer, ScoringConfig, decode_alert, resolve_steps
-from stream_lstm.state import HEADER, HEADER_V2, MAGIC_V2, decode_any
-from stream_lstm.testing import MemorySink, MemoryStore, frame_events, ticks, to_messages
-from stream_lstm.train import train
+from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
+from stream_lstm.runtime.events import InMessage, decode_forecast, encode_event
+from stream_lstm.runtime.scoring import Alert, Scorer, ScoringConfig, decode_alert, resolve_steps
+from stream_lstm.stores.memory import MemoryStore
+from stream_lstm.stores.record import HEADER, HEADER_V2, MAGIC_V2, decode_any
+from stream_lstm.testing import MemorySink, frame_events, ticks, to_messages
+from stream_lstm.training.train import train
 
 from .conftest import SPEC, tiny_options
 
@@ -389,8 +390,8 @@ def test_old_format_records_are_rebuilt(tiny_model: Path, synth_csv: Path) -> No
 
 
 def test_score_steps_beyond_the_horizon_are_refused_at_start(tiny_model: Path) -> None:
-    from stream_lstm.assembly import check_model
     from stream_lstm.config import WorkerSettings, build_settings
+    from stream_lstm.drivers.assembly import check_model
     from stream_lstm.errors import ConfigError
 
     s = build_settings(WorkerSettings, None, model=tiny_model, score_steps="1,48")

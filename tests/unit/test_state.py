@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_lstm.state import Layout, StateCache, apply_delta, decode_any
+from stream_lstm.runtime.cache import StateCache
+from stream_lstm.stores.record import Layout, apply_delta, decode_any
 
 LAY = Layout("v1v1v1v1v1v1", 2, 4, 5, 3)
 

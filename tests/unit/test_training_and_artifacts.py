@@ -18,8 +18,8 @@ from stream_lstm.errors import ModelError
 from stream_lstm.model.artifact import content_version, load_artifact
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.model.scaling import Scaler
-from stream_lstm.predict import predict_frame
-from stream_lstm.train import prepare
+from stream_lstm.training.predict import predict_frame
+from stream_lstm.training.train import prepare
 from tests.unit.conftest import SPEC, tiny_options
 
 

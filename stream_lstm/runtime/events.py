@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import repeat
@@ -94,15 +94,37 @@ class MessageBatch:
         return len(self.values)
 
     @classmethod
-    def of(cls, msgs: Sequence[InMessage]) -> MessageBatch:
-        n = len(msgs)
+    def columns(
+        cls,
+        topic: str,
+        n: int,
+        keys: Iterable[bytes | None],
+        values: Iterable[bytes | None],
+        partitions: Iterable[int],
+        offsets: Iterable[int],
+        timestamps_ms: Iterable[int],
+    ) -> MessageBatch:
+        """The one builder of a batch: a driver hands its client's ``n`` messages as columns
+        (``batch_of`` in ``drivers/kafka_client.py`` and ``drivers/faust.py``)."""
         return cls(
-            topic=msgs[0].topic if msgs else "",
-            keys=[m.key for m in msgs],
-            values=[m.value for m in msgs],
-            partitions=np.fromiter((m.partition for m in msgs), np.int32, n),
-            offsets=np.fromiter((m.offset for m in msgs), np.int64, n),
-            timestamps=np.fromiter((m.timestamp_ms for m in msgs), np.int64, n),
+            topic=topic,
+            keys=list(keys),
+            values=list(values),
+            partitions=np.fromiter(partitions, np.int32, n),
+            offsets=np.fromiter(offsets, np.int64, n),
+            timestamps=np.fromiter(timestamps_ms, np.int64, n),
+        )
+
+    @classmethod
+    def of(cls, msgs: Sequence[InMessage]) -> MessageBatch:
+        return cls.columns(
+            msgs[0].topic if msgs else "",
+            len(msgs),
+            (m.key for m in msgs),
+            (m.value for m in msgs),
+            (m.partition for m in msgs),
+            (m.offset for m in msgs),
+            (m.timestamp_ms for m in msgs),
         )
 
     def take(self, idx: np.ndarray) -> MessageBatch:

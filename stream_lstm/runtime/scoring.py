@@ -33,7 +33,8 @@ import msgspec
 import numpy as np
 
 from stream_lstm.model.spec import ModelConfig
-from stream_lstm.state import NO_TS, StateCache
+from stream_lstm.runtime.cache import StateCache
+from stream_lstm.stores.record import NO_TS
 
 AUTO_STEPS = (1, 2, 3, 6, 12, 24, 48, 96, 168, 336)
 
@@ -153,7 +154,7 @@ class Scorer:
         return len(self.stat_index)
 
     def layout_dims(self) -> dict[str, int]:
-        """The state's score block for this model (see stream_lstm/state.py)."""
+        """The state's score block for this model (see stream_lstm/runtime/cache.py)."""
         return {
             "targets": len(self.targets),
             "score_ring": self.horizon,

@@ -24,17 +24,17 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from stream_lstm.assembly import build_engine, counts
 from stream_lstm.config import WorkerSettings
-from stream_lstm.engine import Offsets
-from stream_lstm.errors import KafkaClientError, PublishError
-from stream_lstm.kafka import (
+from stream_lstm.drivers.assembly import build_engine, counts
+from stream_lstm.drivers.kafka_client import (
+    batch_of,
     commit_offsets,
     make_consumer,
-    to_batch,
 )
+from stream_lstm.errors import KafkaClientError, PublishError
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.runtime import Forecaster
+from stream_lstm.runtime.commit import Offsets
 
 log = logging.getLogger(__name__)
 FENCED = {
@@ -94,7 +94,7 @@ class Worker:
                 if self._publish_failed is not None:  # seen in a rebalance callback
                     self._rewind(self._publish_failed)
                     continue
-                batch = to_batch(msgs, s.input_topic)
+                batch = batch_of(msgs, s.input_topic)
                 try:
                     if len(batch):
                         self.engine.process(batch)

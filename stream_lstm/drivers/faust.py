@@ -2,12 +2,12 @@
 
 For teams that run Faust apps: mount the forecaster in your own app, or run it alone with
 ``stream-lstm worker --runtime faust``. Either way it is the SAME engine as the confluent-kafka
-worker (``engine.py``): same Redis records, one batched model call per tick, the same forecasts,
-dead letters and metrics. Only the driver differs::
+worker (``runtime/engine.py``): same Redis records, one batched model call per tick, the same
+forecasts, dead letters and metrics. Only the driver differs::
 
     import faust
     from stream_lstm.config import WorkerSettings
-    from stream_lstm.faust_app import FaustForecaster
+    from stream_lstm.drivers.faust import FaustForecaster
 
     app = faust.App("forecasts", broker="kafka://127.0.0.1:9092", web_enabled=False)
     forecaster = FaustForecaster(app, WorkerSettings(
@@ -42,15 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import numpy as np
 from faust.types import TP, EventT, StreamT
 
-from stream_lstm.assembly import build_engine, counts
 from stream_lstm.config import WorkerSettings
-from stream_lstm.engine import Offsets
+from stream_lstm.drivers.assembly import build_engine, counts
 from stream_lstm.errors import ConfigError
-from stream_lstm.events import MessageBatch
 from stream_lstm.metrics import WorkerMetrics
+from stream_lstm.runtime.commit import Offsets
+from stream_lstm.runtime.events import MessageBatch
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +127,17 @@ def _credentials(o: dict[str, str]) -> Any:
     )
 
 
-def to_batch(events: Sequence[EventT], topic: str) -> MessageBatch:
+def batch_of(events: Sequence[EventT], topic: str) -> MessageBatch:
     """A tick's Faust events as the engine's columns (Faust's timestamps are seconds)."""
     msgs = [e.message for e in events]
-    n = len(msgs)
-    return MessageBatch(
-        topic=topic,
-        keys=[m.key for m in msgs],
-        values=[m.value for m in msgs],
-        partitions=np.fromiter((m.partition for m in msgs), np.int32, n),
-        offsets=np.fromiter((m.offset for m in msgs), np.int64, n),
-        timestamps=np.fromiter((round((m.timestamp or 0.0) * 1000) for m in msgs), np.int64, n),
+    return MessageBatch.columns(
+        topic,
+        len(msgs),
+        (m.key for m in msgs),
+        (m.value for m in msgs),
+        (m.partition for m in msgs),
+        (m.offset for m in msgs),
+        (round((m.timestamp or 0.0) * 1000) for m in msgs),
     )
 
 
@@ -219,7 +218,7 @@ class FaustForecaster:
             tp = (e.message.topic, e.message.partition)
             self._held[tp].append(e)
             self._seen[tp] = e.message.offset
-        batch = to_batch(events, self.s.input_topic)
+        batch = batch_of(events, self.s.input_topic)
         async with self._lock:
             if self._closed.is_set():
                 return

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
 from confluent_kafka import (
     Consumer,
     KafkaError,
@@ -26,8 +25,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 from confluent_kafka.admin._metadata import ClusterMetadata
 
 from stream_lstm.errors import ConfigError, KafkaClientError, PublishError
-from stream_lstm.events import MessageBatch
 from stream_lstm.redact import redact_kafka, scrub
+from stream_lstm.runtime.events import MessageBatch
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ class KafkaSink:
 
     A message the producer refuses at once (too large, unknown topic) raises
     :class:`PublishError` as a delivery failure does at :meth:`flush`: the caller must not
-    commit past it (the worker rewinds, see ``worker.py``)."""
+    commit past it (the worker rewinds, see ``drivers/confluent.py``)."""
 
     def __init__(
         self, bootstrap: str, options: Mapping[str, str] | None, flush_timeout_s: float = 120.0
@@ -279,7 +278,7 @@ class KafkaSink:
             )
 
 
-def to_batch(msgs: list[Message], topic: str) -> MessageBatch:
+def batch_of(msgs: list[Message], topic: str) -> MessageBatch:
     """Consumed messages as columns; error events are logged and left out (EOF silently)."""
     good = [m for m in msgs if m.error() is None]
     if len(good) < len(msgs):
@@ -287,14 +286,14 @@ def to_batch(msgs: list[Message], topic: str) -> MessageBatch:
             err = m.error()
             if err is not None and err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", err)
-    n = len(good)
-    return MessageBatch(
-        topic=topic,
-        keys=[m.key() for m in good],
-        values=[m.value() for m in good],
-        partitions=np.fromiter((m.partition() for m in good), np.int32, n),
-        offsets=np.fromiter((m.offset() for m in good), np.int64, n),
-        timestamps=np.fromiter((m.timestamp()[1] for m in good), np.int64, n),
+    return MessageBatch.columns(
+        topic,
+        len(good),
+        (m.key() for m in good),
+        (m.value() for m in good),
+        (cast(int, m.partition()) for m in good),  # set on every message without an error
+        (cast(int, m.offset()) for m in good),
+        (m.timestamp()[1] for m in good),
     )
 
 

@@ -1,7 +1,7 @@
 """What every runtime builds from :class:`WorkerSettings`: the model, the Redis state store, the
 Kafka sink and the engine over them, the metrics server, and the Redis retry policy.
 
-The confluent-kafka worker (``worker.py``) and the Faust agent (``faust_app.py``) both call
+The confluent-kafka worker (``confluent.py``) and the Faust agent (``faust.py``) both call
 :func:`build_engine`, so the two runtimes run the same logic on the same state records.
 """
 
@@ -16,23 +16,24 @@ from typing import Any, TypeVar
 import torch
 
 from stream_lstm.config import WorkerSettings
-from stream_lstm.engine import Engine, EngineConfig, Offsets, layout_for
-from stream_lstm.errors import ConfigError, ModelError, StateError, StreamLSTMError
-from stream_lstm.events import DecoderConfig
-from stream_lstm.kafka import (
+from stream_lstm.drivers.kafka_client import (
     KafkaSink,
     check_topics,
     make_admin,
     max_message_bytes,
     topic_id,
 )
+from stream_lstm.errors import ConfigError, ModelError, StateError, StreamLSTMError
 from stream_lstm.metrics import HealthServer, WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
+from stream_lstm.model.device import pick_device
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.redact import redact_url
-from stream_lstm.scoring import resolve_steps
-from stream_lstm.state_redis import RedisStateStore
-from stream_lstm.train import pick_device
+from stream_lstm.runtime.commit import Offsets
+from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
+from stream_lstm.runtime.events import DecoderConfig
+from stream_lstm.runtime.scoring import resolve_steps
+from stream_lstm.stores.redis import RedisStateStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

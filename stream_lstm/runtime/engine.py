@@ -1,16 +1,14 @@
-"""The hot path, top to bottom: decode → group by key → state → ONE model call → publish;
-and the commit cycle: producer flush → Redis write → offset commit.
+"""The hot path, top to bottom: decode → group by key → state → ONE model call → publish.
+The commit cycle (producer flush → state write → offset commit) is in ``runtime/commit.py``.
 
-The engine knows nothing about the Kafka client: a driver (``worker.py`` with confluent-kafka,
-``faust_app.py`` with Faust) hands it batches of :class:`InMessage`, a :class:`Sink` to produce
-to, and a ``commit`` function for offsets.
+The engine knows nothing about the Kafka client: a driver (``drivers/confluent.py`` with
+confluent-kafka, ``drivers/faust.py`` with Faust) hands it batches of :class:`InMessage`, a
+:class:`Sink` to produce to, and a ``commit`` function for offsets.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +18,11 @@ import numpy as np
 import pandas as pd
 
 from stream_lstm.data.loading import format_interval
-from stream_lstm.events import (
+from stream_lstm.metrics import WorkerMetrics
+from stream_lstm.model.runtime import Forecaster
+from stream_lstm.runtime.cache import StateCache
+from stream_lstm.runtime.commit import CommitCycle, Offsets
+from stream_lstm.runtime.events import (
     DecodedBatch,
     Decoder,
     DecoderConfig,
@@ -28,18 +30,13 @@ from stream_lstm.events import (
     InMessage,
     MessageBatch,
 )
-from stream_lstm.faults import failpoint
-from stream_lstm.inference import TickRunner
-from stream_lstm.metrics import WorkerMetrics
-from stream_lstm.model.runtime import Forecaster
-from stream_lstm.scoring import Scorer, ScoringConfig, TickGroups, TickScores, encode_alert
-from stream_lstm.state import NO_TOPIC, NO_TS, Layout, Snapshot, StateCache
-from stream_lstm.state_redis import SaveResult
+from stream_lstm.runtime.scoring import Scorer, ScoringConfig, TickGroups, TickScores, encode_alert
+from stream_lstm.runtime.steps import step_for
+from stream_lstm.stores.base import StateStore
+from stream_lstm.stores.record import NO_TOPIC, NO_TS, Layout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Offsets = dict[tuple[str, int], int]  # (topic, partition) → next offset to consume
-STORE_CHECK_S = 5.0  # an idle worker checks the store for a wipe this often
 
 
 class Sink(Protocol):
@@ -56,19 +53,6 @@ class Sink(Protocol):
 
     def flush(self) -> None:
         """Wait until everything produced so far is acknowledged; raise PublishError if not."""
-
-
-class StateStore(Protocol):
-    previous_version: str | None
-
-    def load(self, keys: Sequence[str]) -> list[bytes | None]: ...
-
-    def save(self, snap: Snapshot) -> SaveResult: ...
-
-    def use_layout(self, layout: Layout) -> None: ...
-
-    def wiped(self) -> bool:
-        """True once after a load or save found the store wiped (its epoch marker gone)."""
 
 
 @dataclass(frozen=True)
@@ -104,56 +88,6 @@ def _once(fn: Callable[[], T]) -> T:
     return fn()
 
 
-@dataclass
-class _CommitJob:
-    snapshot: Snapshot
-    offsets: Offsets
-    topic_id: bytes = NO_TOPIC  # the input topic's incarnation the offsets belong to
-
-
-class _StateWriter:
-    """One background thread that saves commit-cycle snapshots in order."""
-
-    def __init__(self, save: Callable[[_CommitJob], SaveResult]) -> None:
-        self._save = save
-        self._jobs: queue.Queue[_CommitJob | None] = queue.Queue()
-        self._done: queue.Queue[tuple[_CommitJob, SaveResult | BaseException]] = queue.Queue()
-        self._in_flight = 0
-        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                self._done.put((job, self._save(job)))
-            except BaseException as e:
-                self._done.put((job, e))
-
-    def busy(self) -> bool:
-        return self._in_flight > 0
-
-    def submit(self, job: _CommitJob) -> None:
-        self._in_flight += 1
-        self._jobs.put(job)
-
-    def done(self, block: bool) -> list[tuple[_CommitJob, SaveResult]]:
-        out = []
-        while self._in_flight:
-            try:
-                job, res = self._done.get(block=block)
-            except queue.Empty:
-                break
-            self._in_flight -= 1
-            if isinstance(res, BaseException):
-                raise res
-            out.append((job, res))
-        return out
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(30)
-
-
 class Engine:
     def __init__(
         self,
@@ -169,7 +103,6 @@ class Engine:
         self.retry = retry
         self._decoder_cfg = decoder_cfg
         self.pending: Offsets = {}
-        self._writer: _StateWriter | None = None
         # why nothing may be committed any more (a crash path), or None
         self.halted: str | None = None
         # the input topic's id (its incarnation; NO_TOPIC: unknown), and how the driver reads
@@ -180,7 +113,7 @@ class Engine:
         # per partition, where consuming must start again to redo everything not committed:
         # the last committed offset, else the first offset consumed (see rewind)
         self.resume_at: Offsets = {}
-        self._last_store_check = time.monotonic()
+        self.commits = CommitCycle(self)
         self.use_model(forecaster)
 
     def use_model(self, forecaster: Forecaster) -> None:
@@ -194,12 +127,12 @@ class Engine:
         self.decoder = Decoder(
             replace(base, features=tuple(mc.features), allowed_extra=tuple(mc.targets))
         )
-        self.runner = TickRunner(forecaster.module, forecaster.device)
+        self.step = step_for(forecaster)
         self.scorer = scorer_for(forecaster, self.cfg.scoring)
         self.layout = layout_for(forecaster, self.cfg.scoring)
         init_h, init_c = self._initial_state()
         # stateful models read windows only to rebuild: those stay in Redis, not in memory
-        self.cache = StateCache(self.layout, init_h, init_c, keep_windows=not mc.stateful)
+        self.cache = StateCache(self.layout, init_h, init_c, keep_windows=self.step.keeps_windows)
         self.cache.topic_id = self.topic_id
         self.interval = format_interval(mc.interval_ms)
         self._encoder = ForecastEncoder(
@@ -266,7 +199,7 @@ class Engine:
         first = np.unique(codes, return_index=True)[1] if len(codes) else np.empty(0, int)
         slots_u = self._slots_for(list(uniq), parts[first])
         if self.store.wiped():
-            self._after_wipe()
+            self.after_wipe()
         t2 = time.perf_counter()
 
         m.events_in.inc(len(batch))
@@ -434,7 +367,7 @@ class Engine:
         Returns the forecasts ``[n, H, n_t, n_q]`` (standardised) in ``a_idx`` order, and how
         the events group by key.
         """
-        cache, fc, mc = self.cache, self.fc, self.mcfg
+        cache, fc = self.cache, self.fc
         n = a_idx.size
         a_codes = codes[a_idx]
         uk, first, counts = np.unique(a_codes, return_index=True, return_counts=True)
@@ -444,45 +377,7 @@ class Engine:
         slots = slots_u[uk]
         ev_keys = keys[a_idx]
         x = fc.inputs(values[a_idx], ts[a_idx], ev_keys)  # [n, I]
-        n_in = x.shape[1]
-        if mc.stateful:
-            # keys loaded from another model version replay their stored window first
-            pre = np.where(cache.rebuild[slots], cache.fill[slots], 0)  # [K]
-            lengths = counts + pre
-            xp = np.zeros((K, int(lengths.max()), n_in), np.float32)  # [K, Tmax, I]
-            if pre.any():
-                rb = np.flatnonzero(pre)
-                stored = [cache.rebuild_rows.pop(int(s)) for s in slots[rb]]  # oldest first
-                w_raw = np.concatenate([v for v, _ in stored])  # [sum(pre[rb]), F]
-                w_ts = np.concatenate([t for _, t in stored])
-                r_row = np.repeat(rb, pre[rb])
-                r_col = np.arange(len(r_row)) - np.repeat(np.cumsum(pre[rb]) - pre[rb], pre[rb])
-                w_keys = np.repeat(self._keys_of(slots[rb]), pre[rb])
-                xp[r_row, r_col] = fc.inputs(w_raw, w_ts, w_keys)
-                cache.h[slots[rb]], cache.c[slots[rb]] = cache.init_h, cache.init_c
-            xp[kpos, pre[kpos] + pos] = x
-            y_all, h, c = self.runner.run_stateful(xp, lengths, cache.h[slots], cache.c[slots])
-            starts = np.r_[0, np.cumsum(lengths)[:-1]]
-            y = y_all[np.repeat(starts + pre, counts) + pos]  # drop the replayed window rows
-            cache.h[slots], cache.c[slots] = h, c
-            cache.rebuild[slots] = False
-        else:
-            # windowed model: each event's window = the key's last T - 1 rows + this tick's rows
-            T = mc.time_step
-            w_raw, w_ts = cache.window_rows(slots)  # [K, T, F] oldest first, zeros unfilled
-            c_keys = np.repeat(self._keys_of(slots), T - 1)
-            ctx = fc.inputs(
-                w_raw[:, 1:].reshape(-1, w_raw.shape[2]), w_ts[:, 1:].reshape(-1), c_keys
-            ).reshape(K, T - 1, n_in)
-            filled = np.arange(1, T)[None, :] >= (T - cache.fill[slots])[:, None]  # [K, T - 1]
-            ctx[~filled] = 0.0  # the offline initial context is zeros in input space
-            ext = np.zeros(
-                (K, T - 1 + int(counts.max()), n_in), np.float32
-            )  # [K, T - 1 + n_max, I]
-            ext[:, : T - 1] = ctx
-            ext[kpos, T - 1 + pos] = x
-            win = ext[kpos[:, None], pos[:, None] + np.arange(T)[None, :]]  # [n, T, I]
-            y = self.runner.run_windows(win)
+        y = self.step(cache, slots, kpos, pos, counts, x)  # ONE model call
         cache.append(slots[kpos], pos, counts[kpos], values[a_idx], ts[a_idx])
         last = first + counts - 1
         cache.last_offset[slots] = offs[a_idx][last]
@@ -509,12 +404,6 @@ class Engine:
             m.alerts.labels(a.state).inc()
             if self.cfg.alerts_topic:
                 self.sink.produce(self.cfg.alerts_topic, a.key.encode(), encode_alert(a))
-
-    def _keys_of(self, slots: np.ndarray) -> np.ndarray:
-        """Entity keys of slots (only per-key scaling needs them; global scaling ignores them)."""
-        if self.mcfg.scaling != "per-key":
-            return np.full(len(slots), "", dtype=object)
-        return np.asarray([self.cache.slot_keys[s] for s in slots], dtype=object)
 
     def _publish(
         self,
@@ -618,7 +507,7 @@ class Engine:
         for tp in [tp for tp in self.resume_at if tp[0] == topic]:
             del self.resume_at[tp]
 
-    def _after_wipe(self) -> None:
+    def after_wipe(self) -> None:
         """The store lost its data: every cached key is written in full at the next cycle."""
         self.metrics.state_wipes.inc()
         n = self.cache.rewrite_all()
@@ -629,7 +518,7 @@ class Engine:
             "each stored window starts again from the key's last row; (h, c) carry on)",
         )  # fmt: skip
 
-    # -- the commit cycle ---------------------------------------------------------------------
+    # -- the commit cycle (runtime/commit.py) ------------------------------------------------
     def commit_cycle(
         self,
         commit: Callable[[Offsets], None],
@@ -637,105 +526,19 @@ class Engine:
         *,
         wait: bool = True,
     ) -> bool:
-        """producer flush → Redis write of dirty states → offset commit (docs/architecture.md).
-
-        ``partitions`` limits the cycle to those (on revocation). With ``wait=False`` and a
-        background writer (``start_writer``), the Redis write runs off the hot loop and the
-        offsets are committed by :meth:`poll_commits` once it is done; the order per cycle is
-        the same. Returns False when nothing needed committing. A flush that fails raises
-        :class:`PublishError`: nothing is written or committed, and the driver must
-        :meth:`rewind`. After :meth:`halt` (a crash path) it never commits again.
-        """
-        if self.halted:
-            log.warning("not committing: %s", self.halted)
-            return False
-        self.poll_commits(commit, block=wait)  # earlier cycles first, in order
-        if not wait and self._writer is not None and self._writer.busy():
-            return False  # still writing the previous snapshot: try again next interval
-        t0 = time.perf_counter()
-        tps = None if partitions is None else set(partitions)
-        offsets = {tp: o for tp, o in self.pending.items() if tps is None or tp in tps}
-        slots = self.cache.dirty_slots(None if tps is None else {p for _, p in tps})
-        if not offsets and not slots.size:
-            self._check_store(commit, wait)
-            return False
-        self.sink.flush()  # 1. every forecast, dead letter and alert so far is acknowledged
-        failpoint("after_flush")
-        t1 = time.perf_counter()
-        job = _CommitJob(self.cache.snapshot(slots, everything=tps is None), offsets, self.topic_id)
-        t2 = time.perf_counter()
-        self.metrics.stage_seconds.labels("flush").observe(t1 - t0)
-        self.metrics.stage_seconds.labels("snapshot").observe(t2 - t1)
-        self.cache.dirty[slots] = False  # a key changed again later is dirty again
-        self._submit(job, commit, wait)
-        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
-        return True
-
-    def _submit(self, job: _CommitJob, commit: Callable[[Offsets], None], wait: bool) -> None:
-        self._last_store_check = time.monotonic()
-        if wait or self._writer is None:
-            self._finish(job, self._save(job), commit)  # 2. and 3., here and now
-        else:
-            self._writer.submit(job)  # 2. in the background; 3. in poll_commits
-
-    def _check_store(self, commit: Callable[[Offsets], None], wait: bool) -> None:
-        """An idle worker still looks at the store every few seconds (an empty write checks
-        the epoch marker), so that a wipe is noticed while it holds the keys' states."""
-        if time.monotonic() - self._last_store_check >= STORE_CHECK_S:
-            self._submit(_CommitJob(self.cache.snapshot(np.empty(0, np.int64)), {}), commit, wait)
-
-    def _save(self, job: _CommitJob) -> SaveResult:
-        """2. states, each carrying the offset of its last applied event (an empty snapshot
-        only checks that the store still holds its data)."""
-        return self.retry(lambda: self.store.save(job.snapshot))
-
-    def _finish(self, job: _CommitJob, res: SaveResult, commit: Callable[[Offsets], None]) -> None:
-        self.metrics.state_written.inc(res.written)
-        if self.store.wiped() or res.wiped:
-            # nothing (or not everything) of this cycle reached the store: write every cached
-            # key in full next cycle, and commit these offsets only after that
-            self._after_wipe()
-            return
-        if res.refused:
-            # another worker has advanced these keys: our copy is stale, never reuse it
-            self.metrics.state_refused.inc(len(res.refused))
-            log.warning(
-                "%d state write(s) refused: a newer state is stored (rebalanced away?)",
-                len(res.refused),
-            )
-            self.cache.evict(self.cache.index[k] for k in res.refused if k in self.cache.index)
-        failpoint("after_save")
-        offsets = job.offsets if job.topic_id == self.topic_id else {}  # not a re-created topic's
-        if offsets and not self.halted:
-            commit(offsets)  # 3. only now do the offsets move
-            for tp, o in offsets.items():
-                if self.pending.get(tp) == o:
-                    del self.pending[tp]
-                if tp in self.resume_at:
-                    self.resume_at[tp] = o
-        if job.offsets or job.snapshot.keys:
-            self.metrics.commits.labels(outcome="ok").inc()
-
-    def start_writer(self) -> None:
-        """Write states to Redis on a background thread (the worker's hot loop never waits
-        for Redis, except to load keys it has never seen)."""
-        if self._writer is None:
-            self._writer = _StateWriter(self._save)
+        """One commit cycle (:meth:`CommitCycle.run`): flush → write states → commit."""
+        return self.commits.run(commit, partitions, wait=wait)
 
     def poll_commits(self, commit: Callable[[Offsets], None], block: bool = False) -> None:
-        """Commit the offsets of background writes that finished (all of them if ``block``).
+        """Commit the offsets of background writes that finished (:meth:`CommitCycle.poll`)."""
+        self.commits.poll(commit, block)
 
-        A write that failed for good re-raises here, on the driver's thread.
-        """
-        if self._writer is None:
-            return
-        for job, res in self._writer.done(block):
-            self._finish(job, res, commit)
+    def start_writer(self) -> None:
+        """Write states on a background thread (:meth:`CommitCycle.start_writer`)."""
+        self.commits.start_writer()
 
     def stop_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.commits.stop_writer()
 
     def halt(self, why: str) -> None:
         """A crash path: from now on nothing is committed (the process is going down; what was

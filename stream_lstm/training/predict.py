@@ -16,8 +16,8 @@ import pandas as pd
 
 from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
 from stream_lstm.errors import DataError
-from stream_lstm.evaluate import stream_rows
 from stream_lstm.model.runtime import Forecaster
+from stream_lstm.training.evaluate import stream_rows
 
 
 def predict_frame(fc: Forecaster, frame: pd.DataFrame, missing: str = "dlq") -> pd.DataFrame:

@@ -24,13 +24,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import redis
 
 from stream_lstm.errors import ConfigError, StateError
 from stream_lstm.redact import redact_url, url_has_credentials
-from stream_lstm.state import (
+from stream_lstm.stores.base import SaveResult, newer
+from stream_lstm.stores.record import (
     HEADER,
     HEADER_V3,
     OFFSET_POS,
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # ARGV[2 + 2i] the fixed part (header, h, c) and ARGV[3 + 2i] the new ring rows, each (u16
 # position, row). Nothing is written when the marker is not the epoch given (the store was
 # wiped: the caller finds out and rewrites every key it holds in full). Per record, the rule of
-# stream_lstm.state.write_refused: same partition and topic → refused when the stored offset is
+# stores.record.write_refused: same partition and topic → refused when the stored offset is
 # newer; moved → refused when the stored event time is newer. An SLS3 record is upgraded in
 # place; a record of another size is replaced by a zero-filled one before it is patched.
 WRITE_IF_NOT_OLDER = f"""
@@ -109,25 +109,6 @@ return {{written, refused, 0}}
 # One round trip per commit cycle, unless a cycle is huge (a cold start with 100,000s of keys):
 # then every 16,384 keys, so the commands never hold hundreds of megabytes at once.
 MAX_KEYS_PER_ROUND_TRIP = 16_384
-
-
-def newer(cur: bytes | None, prev: bytes | None) -> bytes | None:
-    """Of a key's record under this version and under the previous one, the one to load."""
-    if cur is None or prev is None:
-        return cur if prev is None else prev
-    at = slice(OFFSET_POS, OFFSET_POS + 8)
-    if int.from_bytes(prev[at], "little", signed=True) > int.from_bytes(
-        cur[at], "little", signed=True
-    ):
-        return prev
-    return cur
-
-
-@dataclass
-class SaveResult:
-    written: int = 0
-    refused: list[str] = field(default_factory=list)  # keys whose stored state was newer
-    wiped: bool = False  # the store lost its data (epoch marker gone): nothing was written
 
 
 class RedisStateStore:

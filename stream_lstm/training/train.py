@@ -14,6 +14,7 @@ import copy
 import itertools
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from stream_lstm.data.windows import horizon_targets
 from stream_lstm.errors import ConfigError, DataError
 from stream_lstm.model.artifact import Artifact, build_module, check_output_dir, save_artifact
 from stream_lstm.model.cnn_lstm_attn import CNNLSTMAttention
+from stream_lstm.model.device import pick_device
 from stream_lstm.model.lstm import LSTMForecaster
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.model.scaling import Scaler
@@ -94,26 +96,6 @@ class TrainOptions:
         for name in ("epochs", "batch_size", "time_step", "horizon", "tbptt_chunks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-
-
-def pick_device(choice: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; a clear error otherwise."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cpu":
-        return torch.device("cpu")
-    if choice == "cuda" or choice.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {choice} was asked for but no CUDA device is available")
-        index = (
-            int(choice.partition(":")[2] or 0) if choice[5:].isdigit() or choice == "cuda" else -1
-        )
-        if not 0 <= index < torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {choice}: there are {torch.cuda.device_count()} CUDA device(s)"
-            )
-        return torch.device(choice)
-    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {choice!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -312,8 +294,74 @@ def _gather_windows(
     return np.concatenate(xs), np.concatenate(tg)
 
 
+class TBPTTTraining:
+    """The stateful ``lstm``: truncated back-propagation through time over long pieces of each
+    series, carrying ``(h, c)`` across chunks of ``time_step`` rows; validation runs each
+    segment from ``h_0`` over a warm-up."""
+
+    def __init__(
+        self, prep: Prepared, opts: TrainOptions, dev: torch.device, q: Tensor | None
+    ) -> None:
+        self.segs, self.opts, self.dev, self.q = prep.segments, opts, dev, q
+        self.T = prep.config.time_step
+
+    def losses(self, model: nn.Module, rng: np.random.Generator) -> Iterator[Tensor]:
+        """One epoch: the loss of each chunk, to be optimised before the next is computed."""
+        assert isinstance(model, LSTMForecaster)
+        T, dev, opts = self.T, self.dev, self.opts
+        for xb, yb, _ in _tbptt_batches(self.segs, opts, rng):
+            x, y = torch.from_numpy(xb).to(dev), torch.from_numpy(yb).to(dev)
+            state = model.init_state(x.shape[0], dev)
+            for s in range(0, x.shape[1], T):
+                pred, state = model(x[:, s : s + T], state)
+                state = (state[0].detach(), state[1].detach())  # truncate BPTT here
+                loss = forecast_loss(pred, y[:, s : s + T], opts.loss, self.q)
+                if torch.isnan(y[:, s : s + T]).all():
+                    continue
+                yield loss
+
+    def val_loss(self, model: nn.Module) -> float:
+        assert isinstance(model, LSTMForecaster)
+        return _lstm_val_loss(model, self.segs, self.opts, self.dev, self.q)
+
+
+class WindowTraining:
+    """Windowed models (``cnn-lstm-attn``): shuffled windows of ``time_step`` rows (at most
+    ``max_windows`` an epoch), each with its horizon of targets."""
+
+    def __init__(
+        self, prep: Prepared, opts: TrainOptions, dev: torch.device, q: Tensor | None
+    ) -> None:
+        self.segs, self.opts, self.dev, self.q = prep.segments, opts, dev, q
+        cfg = prep.config
+        self.T = cfg.time_step
+        self.train_idx = _window_index(self.segs, "train", cfg.time_step)
+        self.val_idx = _window_index(self.segs, "val", cfg.time_step)
+        if len(self.train_idx) == 0 or len(self.val_idx) == 0:
+            raise DataError(f"too few rows for windows of time_step={cfg.time_step}")
+        self.ys_train = [_targets_within(s, "train", cfg.horizon) for s in self.segs]
+        self.ys_val = [_targets_within(s, "val", cfg.horizon) for s in self.segs]
+
+    def losses(self, model: nn.Module, rng: np.random.Generator) -> Iterator[Tensor]:
+        opts, dev = self.opts, self.dev
+        take = rng.permutation(len(self.train_idx))[: opts.max_windows]
+        bs = max(opts.batch_size, 128)
+        for s in range(0, len(take), bs):
+            idx = self.train_idx[take[s : s + bs]]
+            xb, yb = _gather_windows(self.segs, idx, self.T, self.ys_train)
+            pred = model(torch.from_numpy(xb).to(dev))
+            yield forecast_loss(pred, torch.from_numpy(yb).to(dev), opts.loss, self.q)
+
+    def val_loss(self, model: nn.Module) -> float:
+        assert isinstance(model, CNNLSTMAttention)
+        return _window_val_loss(
+            model, self.segs, self.val_idx, self.ys_val, self.opts, self.dev, self.q
+        )
+
+
 def fit(prep: Prepared, opts: TrainOptions) -> tuple[nn.Module, History]:
-    """Train with Adam, gradient clipping, LR on plateau, early stopping; restore the best."""
+    """Train with Adam, gradient clipping, LR on plateau, early stopping; restore the best.
+    The epochs themselves are the model kind's (:class:`TBPTTTraining`, :class:`WindowTraining`)."""
     seed_everything(opts.seed)
     rng = np.random.default_rng(opts.seed)
     dev = pick_device(opts.device)
@@ -324,16 +372,9 @@ def fit(prep: Prepared, opts: TrainOptions) -> tuple[nn.Module, History]:
         optim, factor=0.5, patience=max(1, opts.patience // 2)
     )
     q = torch.tensor(cfg.quantiles, device=dev) if cfg.quantiles else None
-    segs = prep.segments
+    kind = (TBPTTTraining if cfg.stateful else WindowTraining)(prep, opts, dev, q)
     hist = History()
     best = copy.deepcopy(model.state_dict())
-    if isinstance(model, CNNLSTMAttention):
-        train_idx = _window_index(segs, "train", cfg.time_step)
-        val_idx = _window_index(segs, "val", cfg.time_step)
-        if len(train_idx) == 0 or len(val_idx) == 0:
-            raise DataError(f"too few rows for windows of time_step={cfg.time_step}")
-        ys_train = [_targets_within(s, "train", cfg.horizon) for s in segs]
-        ys_val = [_targets_within(s, "val", cfg.horizon) for s in segs]
     wait = 0
     columns = [
         TextColumn("{task.description}"),
@@ -346,42 +387,15 @@ def fit(prep: Prepared, opts: TrainOptions) -> tuple[nn.Module, History]:
         for epoch in range(1, opts.epochs + 1):
             model.train()
             losses = []
-            if isinstance(model, LSTMForecaster):
-                for xb, yb, _ in _tbptt_batches(segs, opts, rng):
-                    x, y = torch.from_numpy(xb).to(dev), torch.from_numpy(yb).to(dev)
-                    state = model.init_state(x.shape[0], dev)
-                    for s in range(0, x.shape[1], cfg.time_step):
-                        pred, state = model(x[:, s : s + cfg.time_step], state)
-                        state = (state[0].detach(), state[1].detach())  # truncate BPTT here
-                        loss = forecast_loss(pred, y[:, s : s + cfg.time_step], opts.loss, q)
-                        if torch.isnan(y[:, s : s + cfg.time_step]).all():
-                            continue
-                        optim.zero_grad(set_to_none=True)
-                        loss.backward()
-                        nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
-                        optim.step()
-                        losses.append(float(loss.detach()))
-                        bar.update(task, info=f"epoch {epoch} loss {np.mean(losses[-50:]):.4f}")
-                model.eval()
-                val_loss = _lstm_val_loss(model, segs, opts, dev, q)
-            else:
-                assert isinstance(model, CNNLSTMAttention)
-                take = rng.permutation(len(train_idx))[: opts.max_windows]
-                bs = max(opts.batch_size, 128)
-                for s in range(0, len(take), bs):
-                    xb, yb = _gather_windows(
-                        segs, train_idx[take[s : s + bs]], cfg.time_step, ys_train
-                    )
-                    pred = model(torch.from_numpy(xb).to(dev))
-                    loss = forecast_loss(pred, torch.from_numpy(yb).to(dev), opts.loss, q)
-                    optim.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
-                    optim.step()
-                    losses.append(float(loss.detach()))
-                    bar.update(task, info=f"epoch {epoch} loss {np.mean(losses[-50:]):.4f}")
-                model.eval()
-                val_loss = _window_val_loss(model, segs, val_idx, ys_val, opts, dev, q)
+            for loss in kind.losses(model, rng):
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
+                optim.step()
+                losses.append(float(loss.detach()))
+                bar.update(task, info=f"epoch {epoch} loss {np.mean(losses[-50:]):.4f}")
+            model.eval()
+            val_loss = kind.val_loss(model)
             sched.step(val_loss)
             lr = optim.param_groups[0]["lr"]
             train_loss = float(np.mean(losses)) if losses else float("nan")
@@ -443,7 +457,7 @@ def train(
     """Prepare, fit, save the artifact, evaluate on the test span, write metrics and plots.
 
     ``out`` is checked first: a path that cannot be written fails before any data is read."""
-    from stream_lstm import evaluate as ev
+    from stream_lstm.training import evaluate as ev
 
     check_output_dir(out)
     prep = prepare(path, spec, opts)

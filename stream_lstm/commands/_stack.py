@@ -1,0 +1,57 @@
+"""Flags and output shared by the commands that run the local stack (``stack``, ``demo``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from stream_lstm.config import StackSettings, build_settings
+from stream_lstm.stack import Stack
+
+
+def add_stack_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("local stack (env STREAM_LSTM_STACK_*, TOML [stack])")
+    g.add_argument("--config", type=Path, help="TOML file with a [stack] table")
+    g.add_argument("--dir", type=Path, help="run directory: PID files, logs, data")
+    g.add_argument("--cache-dir", type=Path, help="where the Kafka jars are cached")
+    g.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    g.add_argument("--kafka-port", type=int, help="Kafka broker port (default 9092)")
+    g.add_argument("--controller-port", type=int, help="KRaft controller port (default 9093)")
+    g.add_argument("--redis-port", type=int, help="Redis port (default 6379)")
+    g.add_argument("--kafka-heap", help="broker JVM heap, e.g. 512m (default)")
+
+
+def stack_from_args(args: argparse.Namespace) -> Stack:
+    s = build_settings(
+        StackSettings,
+        args.config,
+        dir=args.dir,
+        cache_dir=args.cache_dir,
+        host=args.host,
+        kafka_port=args.kafka_port,
+        controller_port=args.controller_port,
+        redis_port=args.redis_port,
+        kafka_heap=args.kafka_heap,
+    )
+    return Stack(
+        s.dir,
+        s.cache_dir,
+        host=s.host,
+        kafka_port=s.kafka_port,
+        controller_port=s.controller_port,
+        redis_port=s.redis_port,
+        kafka_heap=s.kafka_heap,
+    )
+
+
+def print_status(stack: Stack, console: Console) -> None:
+    table = Table(title=f"local stack in {stack.root}")
+    for col in ("part", "address", "state", "pid", "RSS"):
+        table.add_column(col, no_wrap=True)
+    for c in stack.status():
+        rss = f"{c.rss_bytes / 2**20:.0f} MiB" if c.rss_bytes else "-"
+        table.add_row(c.detail, c.address, c.state, str(c.pid or "-"), rss)
+    console.print(table)

@@ -1,0 +1,217 @@
+"""The commit protocol: when an offset may move, and what must be safe before it does.
+
+The rule it enforces: an offset is committed only when every output of every event before it
+(forecast, dead letter, alert) is acknowledged by the broker, and the state of every key those
+events changed is in the store. One cycle (:meth:`CommitCycle.run`), every
+``commit_interval_ms``, on revocation (``partitions``: only those) and at shutdown:
+
+0. **Earlier cycles first.** Background writes that finished are committed, in order (step 3 of
+   their cycle); if the previous write is still running and the caller does not wait, this
+   cycle is skipped and tried again next interval.
+1. **Flush** the producer: every forecast, dead letter and alert produced so far is
+   acknowledged. A flush that fails raises :class:`stream_lstm.errors.PublishError`: nothing is
+   written or committed, and the driver must rewind (:meth:`Engine.rewind`).
+2. **Write** the dirty keys' states to the store (:mod:`stream_lstm.stores.base`), each record
+   carrying the offset of the key's last applied event: here, or on the background writer
+   thread (:meth:`CommitCycle.start_writer`) so that the hot loop does not wait for the store.
+3. **Commit** the offsets that were pending when the cycle began — only now. Not when the store
+   turned out to be wiped (every cached key is written again in full first, and these offsets
+   wait for a later cycle); not offsets of a topic incarnation that has since been re-created;
+   never after :meth:`Engine.halt` (a crash path).
+
+A crash between 1 and 2 replays events whose forecasts were delivered: the same forecasts are
+published again (duplicates with identical values). A crash between 2 and 3 replays events that
+are at or below each key's stored offset: they are skipped for state. So output is at least once
+and state exactly once. An idle worker still sends an empty write every ``STORE_CHECK_S`` so that
+a wiped store is noticed while it holds the keys (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stream_lstm.runtime.faults import failpoint
+from stream_lstm.stores.base import SaveResult
+from stream_lstm.stores.record import NO_TOPIC, Snapshot
+
+if TYPE_CHECKING:
+    from stream_lstm.runtime.engine import Engine
+
+log = logging.getLogger(__name__)
+Offsets = dict[tuple[str, int], int]  # (topic, partition) → next offset to consume
+Commit = Callable[[Offsets], None]  # the driver's offset commit
+STORE_CHECK_S = 5.0  # an idle worker checks the store for a wipe this often
+
+
+@dataclass
+class CommitJob:
+    """One cycle's work after its flush: the states to write, then the offsets to commit."""
+
+    snapshot: Snapshot
+    offsets: Offsets
+    topic_id: bytes = NO_TOPIC  # the input topic's incarnation the offsets belong to
+
+
+class StateWriter:
+    """One background thread that saves commit-cycle snapshots in order."""
+
+    def __init__(self, save: Callable[[CommitJob], SaveResult]) -> None:
+        self._save = save
+        self._jobs: queue.Queue[CommitJob | None] = queue.Queue()
+        self._done: queue.Queue[tuple[CommitJob, SaveResult | BaseException]] = queue.Queue()
+        self._in_flight = 0
+        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._done.put((job, self._save(job)))
+            except BaseException as e:
+                self._done.put((job, e))
+
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    def submit(self, job: CommitJob) -> None:
+        self._in_flight += 1
+        self._jobs.put(job)
+
+    def done(self, block: bool) -> list[tuple[CommitJob, SaveResult]]:
+        out = []
+        while self._in_flight:
+            try:
+                job, res = self._done.get(block=block)
+            except queue.Empty:
+                break
+            self._in_flight -= 1
+            if isinstance(res, BaseException):
+                raise res
+            out.append((job, res))
+        return out
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(30)
+
+
+class CommitCycle:
+    """The steps above, over an engine's cache, sink, store and pending offsets."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.e = engine
+        self._writer: StateWriter | None = None
+        self._last_store_check = time.monotonic()
+
+    def run(
+        self,
+        commit: Commit,
+        partitions: Iterable[tuple[str, int]] | None = None,
+        *,
+        wait: bool = True,
+    ) -> bool:
+        """One cycle. ``partitions`` limits it to those (on revocation). With ``wait=False``
+        and a background writer, step 2 runs off the hot loop and step 3 happens in
+        :meth:`poll` once it is done; the order per cycle is the same. Returns False when
+        nothing needed committing (or the previous write is still running)."""
+        e = self.e
+        if e.halted:
+            log.warning("not committing: %s", e.halted)
+            return False
+        self.poll(commit, block=wait)  # 0. earlier cycles first, in order
+        if not wait and self._writer is not None and self._writer.busy():
+            return False  # still writing the previous snapshot: try again next interval
+        t0 = time.perf_counter()
+        tps = None if partitions is None else set(partitions)
+        offsets = {tp: o for tp, o in e.pending.items() if tps is None or tp in tps}
+        slots = e.cache.dirty_slots(None if tps is None else {p for _, p in tps})
+        if not offsets and not slots.size:
+            self._check_store(commit, wait)
+            return False
+        e.sink.flush()  # 1. every forecast, dead letter and alert so far is acknowledged
+        failpoint("after_flush")
+        t1 = time.perf_counter()
+        job = CommitJob(e.cache.snapshot(slots, everything=tps is None), offsets, e.topic_id)
+        t2 = time.perf_counter()
+        e.metrics.stage_seconds.labels("flush").observe(t1 - t0)
+        e.metrics.stage_seconds.labels("snapshot").observe(t2 - t1)
+        e.cache.dirty[slots] = False  # a key changed again later is dirty again
+        self._submit(job, commit, wait)
+        e.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+        return True
+
+    def _submit(self, job: CommitJob, commit: Commit, wait: bool) -> None:
+        self._last_store_check = time.monotonic()
+        if wait or self._writer is None:
+            self._finish(job, self._save(job), commit)  # 2. and 3., here and now
+        else:
+            self._writer.submit(job)  # 2. in the background; 3. in poll
+
+    def _check_store(self, commit: Commit, wait: bool) -> None:
+        """An idle worker still looks at the store every few seconds (an empty write checks
+        the epoch marker), so that a wipe is noticed while it holds the keys' states."""
+        if time.monotonic() - self._last_store_check >= STORE_CHECK_S:
+            empty = self.e.cache.snapshot(np.empty(0, np.int64))
+            self._submit(CommitJob(empty, {}), commit, wait)
+
+    def _save(self, job: CommitJob) -> SaveResult:
+        """2. states, each carrying the offset of its last applied event (an empty snapshot
+        only checks that the store still holds its data)."""
+        return self.e.retry(lambda: self.e.store.save(job.snapshot))
+
+    def _finish(self, job: CommitJob, res: SaveResult, commit: Commit) -> None:
+        e = self.e
+        e.metrics.state_written.inc(res.written)
+        if e.store.wiped() or res.wiped:
+            # nothing (or not everything) of this cycle reached the store: write every cached
+            # key in full next cycle, and commit these offsets only after that
+            e.after_wipe()
+            return
+        if res.refused:
+            # another worker has advanced these keys: our copy is stale, never reuse it
+            e.metrics.state_refused.inc(len(res.refused))
+            log.warning(
+                "%d state write(s) refused: a newer state is stored (rebalanced away?)",
+                len(res.refused),
+            )
+            e.cache.evict(e.cache.index[k] for k in res.refused if k in e.cache.index)
+        failpoint("after_save")
+        offsets = job.offsets if job.topic_id == e.topic_id else {}  # not a re-created topic's
+        if offsets and not e.halted:
+            commit(offsets)  # 3. only now do the offsets move
+            for tp, o in offsets.items():
+                if e.pending.get(tp) == o:
+                    del e.pending[tp]
+                if tp in e.resume_at:
+                    e.resume_at[tp] = o
+        if job.offsets or job.snapshot.keys:
+            e.metrics.commits.labels(outcome="ok").inc()
+
+    def start_writer(self) -> None:
+        """Write states on a background thread (the worker's hot loop never waits for the
+        store, except to load keys it has never seen)."""
+        if self._writer is None:
+            self._writer = StateWriter(self._save)
+
+    def poll(self, commit: Commit, block: bool = False) -> None:
+        """Commit the offsets of background writes that finished (all of them if ``block``).
+
+        A write that failed for good re-raises here, on the driver's thread.
+        """
+        if self._writer is None:
+            return
+        for job, res in self._writer.done(block):
+            self._finish(job, res, commit)
+
+    def stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
