@@ -91,7 +91,7 @@ class EngineParts:
     @property
     def forecaster(self) -> Forecaster:
         """The model the engine runs (a hot switch replaces it)."""
-        return self.engine.fc
+        return self.engine.forecaster
 
     def beat(self) -> None:
         """The driver's loop is alive (read by /healthz)."""

@@ -266,7 +266,7 @@ class Worker:
             log.debug("lag: %s", e)
 
     def _counts(self) -> str:
-        return counts(self.metrics, len(self.engine.cache))
+        return counts(self.metrics, self.engine.cached_keys)
 
     def _log_progress(self) -> None:
         log.info("%s", self._counts())

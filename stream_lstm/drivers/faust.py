@@ -334,7 +334,7 @@ class FaustForecaster:
                 if self.parts.health:
                     self.parts.health.stop()
                 self.store.close()
-        log.info("faust agent stopped: %s", counts(self.metrics, len(self.engine.cache)))
+        log.info("faust agent stopped: %s", counts(self.metrics, self.engine.cached_keys))
 
     def _final_cycle(self) -> None:
         self._stopping.set()

@@ -144,6 +144,16 @@ class Engine:
         )  # fmt: skip
         self.metrics.cached_keys.set(0)
 
+    @property
+    def forecaster(self) -> Forecaster:
+        """The model this engine runs now."""
+        return self.fc
+
+    @property
+    def cached_keys(self) -> int:
+        """How many keys' states the engine holds."""
+        return len(self.cache)
+
     def largest_forecast_bytes(self, max_key_bytes: int) -> int:
         """The largest forecast message this model can publish, with the Kafka key: a key of
         ``max_key_bytes`` control characters (each escaped in JSON), every number at its

@@ -4,7 +4,8 @@ A store keeps one record per (model version, entity key): the binary state recor
 :mod:`stream_lstm.stores.record`. The runtime (:class:`stream_lstm.runtime.engine.Engine`)
 knows stores only through :class:`StateStore`; the backends — :mod:`stream_lstm.stores.redis`
 (production) and :mod:`stream_lstm.stores.memory` (tests and experiments) — are equals under it,
-and the same contract tests run against both.
+and the same contract tests run against both (``tests/integration/test_store_contract.py``,
+one test per clause below).
 
 The contract:
 
