@@ -1,5 +1,7 @@
 """What every runtime builds from :class:`WorkerSettings`: the model, the Redis state store, the
-Kafka sink and the engine over them, the metrics server, and the Redis retry policy.
+Kafka sink and the engine over them, the metrics server, and the Redis retry policy; and what
+both do around the engine: start-up, the start-up log, the /healthz and /readyz probes (the
+hot model reload is ``reload.py``).
 
 The confluent-kafka worker (``confluent.py``) and the Faust agent (``faust.py``) both call
 :func:`build_engine`, so the two runtimes run the same logic on the same state records.
@@ -23,7 +25,8 @@ from stream_lstm.drivers.kafka_client import (
     max_message_bytes,
     topic_id,
 )
-from stream_lstm.errors import ConfigError, ModelError, StateError, StreamLSTMError
+from stream_lstm.drivers.reload import ModelReloader, check_model
+from stream_lstm.errors import ConfigError, StateError, StreamLSTMError
 from stream_lstm.metrics import HealthServer, WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.device import pick_device
@@ -32,7 +35,6 @@ from stream_lstm.redact import redact_url
 from stream_lstm.runtime.commit import Offsets
 from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
 from stream_lstm.runtime.events import DecoderConfig
-from stream_lstm.runtime.scoring import resolve_steps
 from stream_lstm.stores.redis import RedisStateStore
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,11 @@ class EngineParts:
     health: HealthServer | None = None
     ready: bool = False
     last_beat: float = field(default_factory=time.monotonic)
-    _next_poll: float = field(default_factory=time.monotonic)
-    _refused: str = ""  # a version that does not fit these settings: not retried
     _admin: Any = None  # reads the input topic's id (a re-created topic has a new one)
     _input_topic: str = ""
+
+    def __post_init__(self) -> None:
+        self.reloader = ModelReloader(self.engine, self.device)
 
     @property
     def forecaster(self) -> Forecaster:
@@ -112,44 +115,11 @@ class EngineParts:
     def metrics_port(self) -> int | None:
         return self.health.port if self.health else None
 
-    # -- hot model reload ----------------------------------------------------------------------
     def maybe_reload(
         self, s: WorkerSettings, metrics: WorkerMetrics, commit: Callable[[Offsets], None]
     ) -> bool:
-        """Every ``model_poll_s``: if the artifact at ``--model`` has a new VERSION, load it and
-        switch the engine to it (between ticks; the driver holds the engine). An artifact that
-        does not load (half copied, corrupt) or does not fit (other features, a horizon the
-        score steps exceed) is logged, counted, and the current model stays."""
-        now = time.monotonic()
-        if s.model_poll_s <= 0 or now < self._next_poll:
-            return False
-        self._next_poll = now + s.model_poll_s
-        try:
-            version = (s.model / "VERSION").read_text().strip()
-        except OSError:
-            version = ""
-        if version in (self.forecaster.version, self._refused):
-            return False
-        try:
-            new = Forecaster(load_artifact(s.model), self.device)
-            check_model(s, new, self.forecaster)
-        except (ModelError, ConfigError) as e:
-            self._refused = version if isinstance(e, ConfigError) else ""
-            metrics.model_reload_failures.inc()
-            log.error("model at %s not switched to: %s (keeping %s)", s.model, e,
-                      self.forecaster.version)  # fmt: skip
-            return False
-        old = self.forecaster.version
-        t0 = time.perf_counter()
-        dropped = self.engine.switch_model(new, commit)
-        metrics.model_switches.inc()
-        log.info(
-            "model switched %s → %s (%s, H=%d) in %.2f s: %d cached keys dropped; their states "
-            "load again and rebuild from their stored windows",
-            old, new.version, new.config.kind, new.config.horizon, time.perf_counter() - t0,
-            dropped,
-        )  # fmt: skip
-        return True
+        """A hot model switch when ``--model`` holds a new version (:class:`ModelReloader`)."""
+        return self.reloader.maybe_reload(s, metrics, commit)
 
     def start(self, s: WorkerSettings, metrics: WorkerMetrics) -> int:
         """Connect Redis, start the state writer, check the topics (and that a forecast fits
@@ -206,28 +176,6 @@ class EngineParts:
             "state in Redis %s under %s (previous model version: %s)",
             redact_url(s.redis.get_secret_value()), s.state_namespace, self.store.previous_version,
         )  # fmt: skip
-
-
-def check_model(s: WorkerSettings, fc: Forecaster, current: Forecaster | None = None) -> None:
-    """The model fits the settings (and, for a hot switch, the features the producers send)."""
-    cfg = fc.config
-    if s.features is not None and list(s.features) != list(cfg.features):
-        raise ConfigError(
-            f"--features {','.join(s.features)} does not match the model's features "
-            f"{','.join(cfg.features)} (model {fc.version} in {s.model}); "
-            "deploy a model trained on these features, or fix the setting"
-        )
-    if current is not None and list(cfg.features) != list(current.config.features):
-        raise ConfigError(
-            f"model {fc.version} reads features {','.join(cfg.features)}, the running model "
-            f"{current.version} reads {','.join(current.config.features)}: producers send the "
-            "latter, so a hot switch would dead-letter every event; restart the workers with "
-            "the new model once producers send the new features"
-        )
-    try:
-        resolve_steps(s.score_steps, cfg.horizon)
-    except ValueError as e:
-        raise ConfigError(f"--score-steps: {e} (model {fc.version})") from None
 
 
 def build_engine(

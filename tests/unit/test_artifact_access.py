@@ -147,7 +147,7 @@ def loads(model: Path) -> str:
 
 def reload_poll(model: Path) -> tuple[bool, float]:
     """A hot reload of the worker to ``model``: (switched, failures counted)."""
-    current = types.SimpleNamespace(fc=types.SimpleNamespace(version="000000000000"))
+    current = types.SimpleNamespace(forecaster=types.SimpleNamespace(version="000000000000"))
     parts = EngineParts(torch.device("cpu"), None, None, current)  # type: ignore[arg-type]
     metrics = WorkerMetrics()
     switched = parts.maybe_reload(WorkerSettings(model=model), metrics, lambda o: None)

@@ -391,7 +391,7 @@ def test_old_format_records_are_rebuilt(tiny_model: Path, synth_csv: Path) -> No
 
 def test_score_steps_beyond_the_horizon_are_refused_at_start(tiny_model: Path) -> None:
     from stream_lstm.config import WorkerSettings, build_settings
-    from stream_lstm.drivers.assembly import check_model
+    from stream_lstm.drivers.reload import check_model
     from stream_lstm.errors import ConfigError
 
     s = build_settings(WorkerSettings, None, model=tiny_model, score_steps="1,48")
