@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
@@ -106,6 +107,11 @@ class _TomlSection(PydanticBaseSettingsSource):
         super().__init__(settings_cls)
         doc = _TOML.get()
         raw = doc.get(section, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"config file: {section} must be a table ([{section}] with name = value lines), "
+                f"not {type(raw).__name__} {raw!r}"
+            )
         self._values = {k.replace("-", "_"): v for k, v in raw.items()}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -142,8 +148,39 @@ def load_toml(path: Path | None) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory: give a TOML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {e.reason}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _merged_maps(cls: type[Settings], given: dict[str, Any]) -> dict[str, Any]:
+    """Option maps (librdkafka settings) merge key by key across the sources: the TOML table's,
+    then the environment's, then the flags' (each key from the highest source that has it), so
+    a secret kept in the environment adds to the TOML's other settings instead of replacing
+    them. Parse errors are left for validation to report."""
+    prefix = cls.model_config.get("env_prefix", "")
+    section = _TOML.get().get(cls.toml_section, {}) if cls.toml_section else {}
+    out: dict[str, Any] = {}
+    for name, f in cls.model_fields.items():
+        if typing.get_origin(f.annotation) is not dict:
+            continue
+        layers = [
+            section.get(name) if isinstance(section, dict) else None,
+            os.environ.get(f"{prefix}{name.upper()}"),
+            given.get(name),
+        ]
+        try:
+            parsed = [_kv_pairs(v) for v in layers if v is not None]
+        except ValueError:
+            continue
+        if len(parsed) > 1 and all(isinstance(p, dict) for p in parsed):
+            out[name] = {k: v for p in parsed for k, v in p.items()}
+    return out
 
 
 def build_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
@@ -154,6 +191,7 @@ def build_settings(cls: type[S], config_file: Path | None = None, **flags: Any) 
     given = {k: v for k, v in flags.items() if v is not None}
     token = _TOML.set(load_toml(config_file))
     try:
+        given |= _merged_maps(cls, given)
         return cls(**given)
     except ValidationError as e:
         prefix = cls.model_config.get("env_prefix", "")
@@ -249,17 +287,24 @@ class TrainSettings(DataSettings):
 
 def _kv_pairs(v: Any) -> Any:
     """``["a=1", "b=2"]`` or ``"a=1,b=2"`` or a JSON object string → a dict of strings."""
+    split = False
     if isinstance(v, str):
         v = v.strip()
         if v.startswith("{"):
             import json
 
             return json.loads(v)
-        v = [p for p in v.split(",") if p.strip()]
+        v, split = [p for p in v.split(",") if p.strip()], True
     if isinstance(v, list):
         out = {}
-        for item in v:
+        for i, item in enumerate(v, 1):
             if "=" not in item:
+                if split:  # a piece of k=v,k=v: it may be the tail of a value with a comma
+                    raise ValueError(
+                        f"item {i} of {len(v)} is not key=value (not shown: it may be part of "
+                        "a secret; a value with a comma needs the JSON object form, e.g. "
+                        '{"sasl.password": "a,b"})'
+                    )
                 shown = (
                     "(not shown: it names a secret)" if is_secret_kafka_key(item) else repr(item)
                 )
@@ -421,7 +466,7 @@ class WorkerSettings(TopicSettings):
         "restart (0: never)",
         group="operations",
     )
-    metrics_addr: str = opt(
+    metrics_addr: NonEmpty = opt(
         "127.0.0.1", "address for `/metrics`, `/healthz`, `/readyz`", group="operations"
     )
     metrics_port: Annotated[int, Field(ge=-1, le=65535)] = opt(
@@ -467,16 +512,19 @@ class WorkerSettings(TopicSettings):
         for k in UNSAFE_CONSUMER:
             if k in consumer and _enabled(consumer[k]):
                 raise ValueError(
-                    f"--consumer-option {k}={consumer[k]} is refused: the worker commits offsets "
-                    "itself, only after every output before them is acknowledged; with it, "
-                    "librdkafka would commit offsets of events whose forecasts were never "
-                    "delivered"
+                    f"the librdkafka option {k}={consumer[k]} (from --kafka-option or "
+                    "--consumer-option, STREAM_LSTM_KAFKA_OPTIONS or STREAM_LSTM_CONSUMER_OPTIONS, "
+                    "or the TOML tables) is refused: the worker commits offsets itself, only "
+                    "after every output before them is acknowledged; with it, librdkafka would "
+                    "commit offsets of events whose forecasts were never delivered"
                 )
         producer = {**self.kafka_options, **self.producer_options}
         for k in UNSAFE_ACKS:
             if k in producer and producer[k].strip() == "0":
                 raise ValueError(
-                    f"--producer-option {k}=0 is refused: with no acknowledgement from the broker "
+                    f"the librdkafka option {k}=0 (from --kafka-option or --producer-option, or "
+                    "their STREAM_LSTM_ and TOML forms) is refused: with no acknowledgement from "
+                    "the broker "
                     "a lost forecast cannot be noticed, and its offset would be committed (use "
                     "acks=all, the default)"
                 )
@@ -492,6 +540,13 @@ class WorkerSettings(TopicSettings):
                 "would consume its own output (each dead letter a new bad event, without end)"
             )
         return self
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_given(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("empty: give the model artifact directory")
+        return v
 
     @field_validator("score_steps")
     @classmethod
@@ -527,3 +582,24 @@ class WorkerSettings(TopicSettings):
         return redact_kafka(
             {**self.kafka_options, **self.consumer_options, **self.producer_options}
         )
+
+
+# variables read outside the settings classes (fail points, fault reports, the test services)
+OTHER_VARIABLES = frozenset(
+    {"STREAM_LSTM_FAILPOINT", "STREAM_LSTM_FAULT_REPORT", "STREAM_LSTM_KAFKA",
+     "STREAM_LSTM_REDIS_SERVER"}
+)  # fmt: skip
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``STREAM_LSTM_*`` environment variables that no setting reads (a typo, or a flag's name
+    where the setting's differs: ``STREAM_LSTM_REDIS_CONNECT_TIMEOUT`` for ``…_TIMEOUT_S``)."""
+    env = os.environ if environ is None else environ
+    known = set(OTHER_VARIABLES)
+    todo: list[type[Settings]] = [Settings]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        prefix = cls.model_config.get("env_prefix", "")
+        known |= {f"{prefix}{name.upper()}" for name in cls.model_fields}
+    return sorted(k for k in env if k.startswith("STREAM_LSTM_") and k not in known)

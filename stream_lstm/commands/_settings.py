@@ -58,9 +58,17 @@ def default_shown(cls: type[BaseSettings], name: str) -> str | None:
     return str(value)
 
 
+def env_of(cls: type[BaseSettings], name: str) -> str:
+    return f"{cls.model_config.get('env_prefix', '')}{name.upper()}"
+
+
 def help_text(cls: type[BaseSettings], name: str) -> str:
-    """``--help`` text: the description without markdown, and the default."""
+    """``--help`` text: the description without markdown, the default, and the environment
+    variable where its name is not the flag's."""
     text = str(cls.model_fields[name].description).replace("`", "")
+    env, flag = env_of(cls, name), flag_of(cls, name)
+    if env != f"{cls.model_config.get('env_prefix', '')}{flag[2:].upper().replace('-', '_')}":
+        text += f"; env {env}"
     default = default_shown(cls, name)
     if default == "(required)":
         text += " (required)"
@@ -96,7 +104,7 @@ def add_settings_flags(
             kw["choices"] = list(typing.get_args(ann))
         elif origin is dict:
             kw["action"] = "append"
-        elif ann in (int, float, Path):
+        elif ann in (int, float):  # a Path stays text: pydantic reads it (and "" is refused)
             kw["type"] = ann
         flag = flag_of(cls, name)
         if ann is not bool and origin is not Literal:
@@ -114,7 +122,6 @@ def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
 def settings_table(cls: type[BaseSettings]) -> str:
     """The README's configuration table for ``cls``: flag, environment variable, default and
     what the setting does, one row per setting."""
-    prefix = cls.model_config.get("env_prefix", "")
     rows = ["| flag | environment | default | what it does |", "|---|---|---|---|"]
     for name in described(cls):
         extra = field_extra(cls, name)
@@ -124,7 +131,7 @@ def settings_table(cls: type[BaseSettings]) -> str:
         default = default_shown(cls, name)
         shown = "" if default is None else default if default[0] == "(" else f"`{default}`"
         desc = str(cls.model_fields[name].description).replace("|", "\\|")
-        rows.append(f"| {flag} | `{prefix}{name.upper()}` | {shown} | {desc} |")
+        rows.append(f"| {flag} | `{env_of(cls, name)}` | {shown} | {desc} |")
     return "\n".join(rows)
 
 

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from stream_lstm.commands._data import add_data_flags, data_flags, resolve_series
 from stream_lstm.commands._kafka import add_kafka_flags, kafka_settings
 from stream_lstm.config import DataSettings, KafkaSettings, build_settings
+from stream_lstm.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_flags(p)
     p.add_argument("--topic", required=True, help="topic to produce to")
     p.add_argument(
-        "--rate", type=float, default=0.0, help="events per second (default: as fast as possible)"
+        "--rate", type=float, default=0.0, help="events per second (default 0: as fast as possible)"
     )
     p.add_argument(
         "--loop", action="store_true", help="repeat the file forever (times keep increasing)"
@@ -46,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from stream_lstm.drivers.kafka_client import KafkaSink
     from stream_lstm.replay import RateLimiter, iter_events
 
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    if args.rate < 0:
+        raise ConfigError(f"--rate must be 0 (as fast as possible) or more, got {args.rate}")
     k = kafka_settings(args, KafkaSettings)
     s = build_settings(DataSettings, None, **data_flags(args))
     path, spec, _ = resolve_series(s)

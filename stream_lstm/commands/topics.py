@@ -42,10 +42,7 @@ def run_create(args: argparse.Namespace) -> int:
     new = []
     for spec in args.topics:
         name, _, parts = spec.partition(":")
-        try:
-            n = int(parts) if parts else 1
-        except ValueError:
-            n = 0
+        n = int(parts) if parts.isdigit() and parts.isascii() else 0 if parts else 1
         if not name or n < 1:
             raise ConfigError(
                 f"bad topic spec {spec!r}; use NAME or NAME:PARTITIONS (PARTITIONS at least 1)"

@@ -10,7 +10,7 @@ import sys
 
 from stream_lstm.commands._kafka import add_kafka_flags, kafka_settings
 from stream_lstm.commands._settings import add_settings_flags, given
-from stream_lstm.config import WorkerSettings
+from stream_lstm.config import WorkerSettings, unknown_variables
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "The stream worker: consumes input events in a consumer group, keeps each key's "
             "(h, c) and window in Redis, runs one batched model call per tick, publishes one "
             "forecast per event, dead-letters bad events with a reason, and commits offsets only "
-            "after forecasts are acknowledged and states written. Every flag also comes from "
-            "STREAM_LSTM_<FLAG> (e.g. STREAM_LSTM_BOOTSTRAP) or a [worker] TOML table. SIGTERM "
-            "or SIGINT: finish the tick, commit, leave the group, exit 0."
+            "after forecasts are acknowledged and states written. Every setting also comes from "
+            "its environment variable, STREAM_LSTM_<SETTING> (e.g. STREAM_LSTM_BOOTSTRAP; a "
+            "flag whose variable is named otherwise says so), or a [worker] TOML table. "
+            "SIGTERM or SIGINT: finish the tick, commit, leave the group, exit 0."
         ),
         epilog=(
             "example: stream-lstm worker --model models/pedestrian --bootstrap 127.0.0.1:9092 "
@@ -50,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     s = worker_settings(args)
+    for name in unknown_variables():
+        log.warning("%s is set but no setting reads it (the README's table lists the names)", name)
     if s.kafka_options or s.consumer_options or s.producer_options:
         log.info("Kafka pass-through options: %s", s.kafka_shown())
     if s.runtime == "faust":

@@ -142,8 +142,8 @@ class RedisStateStore:
         except (ValueError, TypeError) as e:
             # (redis-py's message can quote a piece of the password: never shown)
             raise ConfigError(
-                f"--redis {self.url_shown} is not a Redis URL redis-py can read "
-                f"({type(e).__name__}); the form is redis[s]://[user:password@]host:port/db, "
+                f"--redis / STREAM_LSTM_REDIS {self.url_shown} is not a Redis URL redis-py can "
+                f"read ({type(e).__name__}); the form is redis[s]://[user:password@]host:port/db, "
                 "with / # ? @ in a password percent-encoded (%2F %23 %3F %40)"
             ) from None
         self._sha: str | None = None

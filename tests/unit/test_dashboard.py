@@ -250,7 +250,7 @@ def test_flags() -> None:
     assert (a.max_keys, a.history, a.port, a.addr) == (4, 500, 8050, "127.0.0.1")
     assert a.keys is None and a.target is None and not a.from_beginning
     a = p.parse_args(["dashboard", "--kafka-option", "a=1", "--kafka-option", "b=2", "--port", "0"])
-    assert a.kafka_option == ["a=1", "b=2"] and a.port == 0
+    assert a.kafka_options == ["a=1", "b=2"] and a.port == 0
     for bad in (["--port", "70000"], ["--history", "0"], ["--max-keys", "x"]):
         with pytest.raises(SystemExit) as e:
             p.parse_args(["dashboard", *bad])

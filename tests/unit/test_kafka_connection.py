@@ -76,18 +76,19 @@ def test_each_command_reads_the_connection_from_toml_env_and_flags(
         assert "'bootstrap.servers': 'from-env:2'" in err
         assert "from-toml" not in err and "env-secret" not in err
 
-    # a flag beats both
+    # a flag beats both; option maps merge key by key (the secret from the environment stays)
     err = run_error(
         [*argv, "--config", str(toml), "--bootstrap", "from-flag:3", "--kafka-option",
          "socket.timeout.ms=xyz"], capsys,
     )  # fmt: skip
     assert "'bootstrap.servers': 'from-flag:3'" in err
-    assert "'socket.timeout.ms': 'xyz'" in err and "sasl.password" not in err
+    assert "'socket.timeout.ms': 'xyz'" in err and "'socket.timeout.ms': 'abc'" not in err
+    assert "'sasl.password': '***'" in err and "secret" not in err
 
 
 def test_without_any_source_the_default_broker_is_used(clean_env: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(["topics", "list"])
-    assert (args.bootstrap, args.kafka_option, args.config) == (None, None, None)
+    assert (args.bootstrap, args.kafka_options, args.config) == (None, None, None)
     s = build_settings(KafkaSettings, None, bootstrap=None, kafka_options=None)
     assert (s.bootstrap, s.kafka_options) == ("127.0.0.1:9092", {})
 
@@ -109,7 +110,7 @@ def test_bad_values_name_the_flag_and_the_variable(
 ) -> None:
     clean_env.setenv("STREAM_LSTM_KAFKA_OPTIONS", "nonsense")
     err = run_error(["topics", "list"], capsys)
-    assert "--kafka-option / STREAM_LSTM_KAFKA_OPTIONS: Value error, expected key=value" in err
+    assert "--kafka-option / STREAM_LSTM_KAFKA_OPTIONS: Value error, item 1 of 1 is not key=" in err
 
 
 @pytest.mark.parametrize(
@@ -133,6 +134,20 @@ def test_help_says_where_values_come_from(
     [
         (["topics", "create", "t:0"], "bad topic spec 't:0'; use NAME or NAME:PARTITIONS"),
         (["topics", "create", "t:x"], "bad topic spec 't:x'"),
+        (["topics", "create", "t:1_0"], "bad topic spec 't:1_0'"),  # int() would read 10
+        (["topics", "create", "t:+3"], "bad topic spec 't:+3'"),
+        (
+            ["replay", "--dataset", "pedestrian", "--topic", "t", "--limit", "-1"],
+            "--limit must be at least 1",
+        ),
+        (
+            ["replay", "--dataset", "pedestrian", "--topic", "t", "--limit", "0"],
+            "--limit must be at least 1",
+        ),  # it replayed the whole file
+        (
+            ["replay", "--dataset", "pedestrian", "--topic", "t", "--rate", "-5"],
+            "--rate must be 0 (as fast as possible) or more",
+        ),
         (["tail", "--topic", "t", "--max", "0"], "--max must be at least 1"),
         (["tail", "--topic", "t", "--steps", "0"], "--steps must be at least 1"),
     ],

@@ -17,7 +17,7 @@ from stream_lstm.commands._settings import (
     settings_table,
 )
 from stream_lstm.commands.worker import worker_settings
-from stream_lstm.config import ConfigError, WorkerSettings, flag_of
+from stream_lstm.config import ConfigError, WorkerSettings, flag_of, unknown_variables
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -74,3 +74,95 @@ def test_worker_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> 
     for name in described(WorkerSettings):
         assert flag_of(WorkerSettings, name) in help_text, name
     assert "(default 1)" in help_text  # --threads: the default that runs, not torch's
+
+
+# -- how the sources combine, and what a bad source says ------------------------------------
+
+
+def test_option_maps_merge_key_by_key_across_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README keeps the password in the environment and the rest in TOML: both apply.
+    Once, the environment's map replaced the TOML's, and the security settings were lost."""
+    toml = tmp_path / "w.toml"
+    toml.write_text(
+        '[worker]\nmodel = "m"\n[worker.kafka_options]\n"security.protocol" = "SASL_SSL"\n'
+        '"sasl.username" = "u"\n"client.id" = "from-toml"\n'
+    )
+    monkeypatch.setenv("STREAM_LSTM_KAFKA_OPTIONS", "sasl.password=pw,client.id=from-env")
+    s = worker_settings(worker_args("--config", str(toml), "--kafka-option", "linger.ms=5"))
+    assert s.kafka_options == {
+        "security.protocol": "SASL_SSL", "sasl.username": "u", "client.id": "from-env",
+        "sasl.password": "pw", "linger.ms": "5",
+    }  # fmt: skip
+    s = worker_settings(worker_args("--config", str(toml), "--kafka-option", "client.id=flag"))
+    assert s.kafka_options["client.id"] == "flag" and s.kafka_options["sasl.password"] == "pw"
+
+
+def test_a_secret_with_a_comma_in_the_environment_is_not_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "STREAM_LSTM_KAFKA_OPTIONS", "security.protocol=SASL_SSL,sasl.password=ab,cdS3cretTail"
+    )
+    with pytest.raises(ConfigError) as e:
+        worker_settings(worker_args("--model", "m"))
+    assert "S3cret" not in str(e.value) and "cd" not in str(e.value).split("KAFKA_OPTIONS")[1]
+    assert "item 3 of 3 is not key=value" in str(e.value) and "JSON object form" in str(e.value)
+    monkeypatch.setenv("STREAM_LSTM_KAFKA_OPTIONS", '{"sasl.password": "ab,cdS3cretTail"}')
+    assert worker_settings(worker_args("--model", "m")).kafka_options == {
+        "sasl.password": "ab,cdS3cretTail"
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("worker = 5\n", "config file: worker must be a table"),
+        ('worker = "x"\n', "config file: worker must be a table"),
+        (b"[worker]\nmodel = '\xff'\n", "is not UTF-8 text"),
+        (None, "is a directory: give a TOML file"),
+    ],
+)
+def test_a_bad_config_file_is_a_config_error(
+    content: str | bytes | None, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path
+    if content is not None:
+        path = tmp_path / "c.toml"
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=message):
+        worker_settings(worker_args("--config", str(path), "--model", "m"))
+
+
+def test_empty_values_that_would_mean_something_else_are_refused() -> None:
+    for argv, flag in [
+        (["--metrics-addr", ""], "--metrics-addr"),  # it bound every interface
+        (["--model", ""], "--model"),  # it meant the current directory
+    ]:
+        with pytest.raises(ConfigError, match=flag):
+            worker_settings(worker_args("--model", "m", *argv))
+
+
+def test_variables_no_setting_reads_are_listed() -> None:
+    env = {
+        "STREAM_LSTM_REDIS_CONNECT_TIMEOUT": "7",  # the flag's name; the setting's ends in _S
+        "STREAM_LSTM_MAX_BATCH": "9",
+        "STREAM_LSTM_STACK_KAFKA_PORT": "1",
+        "STREAM_LSTM_TRAIN_EPOCHS": "3",
+        "STREAM_LSTM_FAILPOINT": "x",
+        "STREAM_LSTM_MAXBATCH": "9",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(env) == ["STREAM_LSTM_MAXBATCH", "STREAM_LSTM_REDIS_CONNECT_TIMEOUT"]
+
+
+def test_help_names_the_variable_where_it_differs_from_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["worker", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "env STREAM_LSTM_REDIS_CONNECT_TIMEOUT_S" in out
+    assert "env STREAM_LSTM_KAFKA_OPTIONS" in out
+    assert "env STREAM_LSTM_MAX_BATCH" not in out  # the same name as the flag: not repeated
