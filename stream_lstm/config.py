@@ -249,40 +249,97 @@ class DataSettings(Settings):
 
 
 class TrainSettings(DataSettings):
+    """`stream-lstm train`: flags, STREAM_LSTM_TRAIN_* variables, or a [train] TOML table. A
+    default shown as "the dataset's" comes from the --dataset preset when one is given."""
+
     model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix="STREAM_LSTM_TRAIN_")
     toml_section: ClassVar[str] = "train"
 
-    out: Path
-    model: Literal["lstm", "cnn-lstm-attn"] = "lstm"
-    time_step: Annotated[int, Field(ge=1)] | None = None
-    horizon: Annotated[int, Field(ge=1)] | None = None
-    hidden_size: Annotated[int, Field(ge=1)] | None = None
-    layers: Annotated[int, Field(ge=1)] = 2
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    learned_init: bool = False
-    quantiles: CsvFloats | None = None
-    conv_channels: Annotated[int, Field(ge=1)] = 32
-    conv_kernel: Annotated[int, Field(ge=1)] = 3
-    loss: Literal["mse", "mae", "pinball"] | None = None
-    epochs: Annotated[int, Field(ge=1)] | None = None
-    batch_size: Annotated[int, Field(ge=1)] = 32
-    lr: Annotated[float, Field(gt=0)] = 2e-3
-    clip: Annotated[float, Field(gt=0)] = 1.0
-    patience: Annotated[int, Field(ge=1)] | None = None
-    seed: int = 0
-    tbptt_chunks: Annotated[int, Field(ge=1)] = 8
-    device: str = "auto"
-    scaling: Literal["global", "per-key"] | None = None
-    log1p: CsvList | None = None
-    calendar: CsvList | None = None
-    timezone: str | None = None
-    split: CsvFloats = Field(default_factory=lambda: [0.7, 0.15, 0.15])
-    split_dates: CsvList | None = None
-    fill: Literal["interpolate", "ffill", "zero"] = "interpolate"
-    max_gap: Annotated[int, Field(ge=0)] = 24
-    repair: bool = True
-    repair_window: Annotated[int, Field(ge=3)] = 25
-    repair_k: Annotated[float, Field(gt=0)] = 6.0
+    out: Path = opt(help="artifact directory to write")
+    model: Literal["lstm", "cnn-lstm-attn"] = opt("lstm", "model kind", group="model")
+    time_step: Annotated[int, Field(ge=1)] | None = opt(
+        None, "window length T; TBPTT chunk length", group="model", shown="48, or the dataset's"
+    )
+    horizon: Annotated[int, Field(ge=1)] | None = opt(
+        None, "steps to forecast H", group="model", shown="24, or the dataset's"
+    )
+    hidden_size: Annotated[int, Field(ge=1)] | None = opt(
+        None, "LSTM hidden size", group="model", shown="64, or the dataset's"
+    )
+    layers: Annotated[int, Field(ge=1)] = opt(2, "stacked LSTM layers", group="model")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = opt(
+        0.1, "dropout between layers and before the head", group="model"
+    )
+    learned_init: bool = opt(False, "learn h_0, c_0 (off: zeros)", group="model")
+    quantiles: CsvFloats | None = opt(
+        None,
+        "e.g. 0.1,0.5,0.9 for interval forecasts (needs `--loss pinball`)",
+        group="model", shown="none",
+    )  # fmt: skip
+    conv_channels: Annotated[int, Field(ge=1)] = opt(
+        32, "cnn-lstm-attn: Conv1d channels", group="model"
+    )
+    conv_kernel: Annotated[int, Field(ge=1)] = opt(
+        3, "cnn-lstm-attn: Conv1d kernel size", group="model"
+    )
+    loss: Literal["mse", "mae", "pinball"] | None = opt(
+        None, "training loss", group="training", shown="mse, or pinball with quantiles"
+    )
+    epochs: Annotated[int, Field(ge=1)] | None = opt(
+        None, "maximum epochs", group="training", shown="30, or the dataset's"
+    )
+    batch_size: Annotated[int, Field(ge=1)] = opt(
+        32, "sequences (lstm) or windows/4 (cnn-lstm-attn) per batch", group="training"
+    )
+    lr: Annotated[float, Field(gt=0)] = opt(
+        2e-3, "Adam learning rate, halved on plateaus", group="training"
+    )
+    clip: Annotated[float, Field(gt=0)] = opt(1.0, "gradient norm clipping", group="training")
+    patience: Annotated[int, Field(ge=1)] | None = opt(
+        None, "early-stopping patience in epochs", group="training", shown="5, or the dataset's"
+    )
+    seed: int = opt(0, "random seed", group="training")
+    tbptt_chunks: Annotated[int, Field(ge=1)] = opt(
+        8, "lstm: chunks of T per carried-state piece", group="training"
+    )
+    device: str = opt(
+        "auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`", group="training"
+    )
+    scaling: Literal["global", "per-key"] | None = opt(
+        None, "standardisation statistics", group="preparation", shown="global, or the dataset's"
+    )
+    log1p: CsvList | None = opt(
+        None, "columns modelled as log(1+x), e.g. counts", group="preparation",
+        shown="none, or the dataset's",
+    )  # fmt: skip
+    calendar: CsvList | None = opt(
+        None, "calendar encodings: day,week,year or none", group="preparation",
+        shown="by the interval, or the dataset's",
+    )  # fmt: skip
+    timezone: str | None = opt(
+        None, "IANA zone for calendar encodings", group="preparation",
+        shown="UTC, or the dataset's",
+    )  # fmt: skip
+    split: CsvFloats = opt(
+        help="train,val,test fractions of the time span", group="preparation",
+        factory=lambda: [0.7, 0.15, 0.15], shown="0.7,0.15,0.15",
+    )  # fmt: skip
+    split_dates: CsvList | None = opt(
+        None, "VAL_START,TEST_START dates instead of fractions", group="preparation"
+    )
+    fill: Literal["interpolate", "ffill", "zero"] = opt(
+        "interpolate", "gap fill policy", group="preparation"
+    )
+    max_gap: Annotated[int, Field(ge=0)] = opt(
+        24, "longest gap (steps) to fill; longer ones split the series", group="preparation"
+    )
+    repair: bool = opt(True, "anomaly repair by the mean of the neighbours", group="preparation")
+    repair_window: Annotated[int, Field(ge=3)] = opt(
+        25, "rolling median window for anomalies", group="preparation"
+    )
+    repair_k: Annotated[float, Field(gt=0)] = opt(
+        6.0, "flag |x - median| > k * 1.4826 * MAD", group="preparation"
+    )
 
 
 def _kv_pairs(v: Any) -> Any:

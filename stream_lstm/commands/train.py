@@ -9,7 +9,8 @@ from typing import Any
 from rich.console import Console
 
 from stream_lstm.commands._data import add_data_flags, data_flags, resolve_series
-from stream_lstm.config import TrainSettings, build_settings
+from stream_lstm.commands._settings import add_settings_flags, given
+from stream_lstm.config import DataSettings, TrainSettings, build_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,55 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_data_flags(p)
     p.add_argument("--config", type=Path, help="TOML file with a [train] table")
-    p.add_argument("--out", type=Path, help="artifact directory to write (required)")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", choices=["lstm", "cnn-lstm-attn"], help="model kind (default lstm)")
-    m.add_argument("--time-step", type=int, help="window length T; TBPTT chunk length (default 48)")
-    m.add_argument("--horizon", type=int, help="steps to forecast H (default 24)")
-    m.add_argument("--hidden-size", type=int, help="LSTM hidden size (default 64)")
-    m.add_argument("--layers", type=int, help="stacked LSTM layers (default 2)")
-    m.add_argument("--dropout", type=float, help="dropout between layers and before the head (0.1)")
-    m.add_argument(
-        "--learned-init", action="store_true", default=None, help="learn h_0, c_0 (default zeros)"
-    )
-    m.add_argument(
-        "--quantiles", help="e.g. 0.1,0.5,0.9 for interval forecasts (needs --loss pinball)"
-    )
-    m.add_argument("--conv-channels", type=int, help="cnn-lstm-attn: Conv1d channels (32)")
-    m.add_argument("--conv-kernel", type=int, help="cnn-lstm-attn: Conv1d kernel size (3)")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
-    t.add_argument("--loss", choices=["mse", "mae", "pinball"], help="training loss (default mse)")
-    t.add_argument(
-        "--batch-size", type=int, help="sequences (lstm) or windows/4 (cnn) per batch (32)"
-    )
-    t.add_argument("--lr", type=float, help="Adam learning rate (2e-3), halved on plateaus")
-    t.add_argument("--clip", type=float, help="gradient norm clipping (1.0)")
-    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (5)")
-    t.add_argument("--seed", type=int, help="random seed (0)")
-    t.add_argument("--tbptt-chunks", type=int, help="lstm: chunks of T per carried-state piece (8)")
-    t.add_argument("--device", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d = p.add_argument_group("preparation")
-    d.add_argument(
-        "--scaling", choices=["global", "per-key"], help="standardisation statistics (global)"
-    )
-    d.add_argument("--log1p", help="columns modelled as log(1+x), e.g. counts")
-    d.add_argument(
-        "--calendar", help="calendar encodings: day,week,year or none (default by interval)"
-    )
-    d.add_argument("--timezone", help="IANA zone for calendar encodings (default UTC)")
-    d.add_argument("--split", help="train,val,test fractions of the time span (0.7,0.15,0.15)")
-    d.add_argument("--split-dates", help="VAL_START,TEST_START dates instead of fractions")
-    d.add_argument("--fill", choices=["interpolate", "ffill", "zero"], help="gap fill policy")
-    d.add_argument(
-        "--max-gap", type=int, help="longest gap (steps) to fill; longer ones split the series (24)"
-    )
-    d.add_argument(
-        "--no-repair", dest="repair", action="store_false", default=None, help="no anomaly repair"
-    )
-    d.add_argument("--repair-window", type=int, help="rolling median window for anomalies (25)")
-    d.add_argument("--repair-k", type=float, help="flag |x - median| > k * 1.4826 * MAD (6)")
+    names = add_settings_flags(p, TrainSettings, skip=DataSettings.model_fields)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(setting_names=names)
     p.set_defaults(run=run)
 
 
@@ -88,40 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from stream_lstm.training.train import TrainOptions, train
 
     s = build_settings(
-        TrainSettings,
-        args.config,
-        **data_flags(args),
-        out=args.out,
-        model=args.model,
-        time_step=args.time_step,
-        horizon=args.horizon,
-        hidden_size=args.hidden_size,
-        layers=args.layers,
-        dropout=args.dropout,
-        learned_init=args.learned_init,
-        quantiles=args.quantiles,
-        conv_channels=args.conv_channels,
-        conv_kernel=args.conv_kernel,
-        loss=args.loss,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        clip=args.clip,
-        patience=args.patience,
-        seed=args.seed,
-        tbptt_chunks=args.tbptt_chunks,
-        device=args.device,
-        scaling=args.scaling,
-        log1p=args.log1p,
-        calendar=args.calendar,
-        timezone=args.timezone,
-        split=args.split,
-        split_dates=args.split_dates,
-        fill=args.fill,
-        max_gap=args.max_gap,
-        repair=args.repair,
-        repair_window=args.repair_window,
-        repair_k=args.repair_k,
+        TrainSettings, args.config, **data_flags(args), **given(args, args.setting_names)
     )
     from stream_lstm.model.artifact import check_output_dir
 

@@ -166,3 +166,22 @@ def test_help_names_the_variable_where_it_differs_from_the_flag(
     assert "env STREAM_LSTM_REDIS_CONNECT_TIMEOUT_S" in out
     assert "env STREAM_LSTM_KAFKA_OPTIONS" in out
     assert "env STREAM_LSTM_MAX_BATCH" not in out  # the same name as the flag: not repeated
+
+
+def test_train_flags_come_from_the_train_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_lstm.commands._data import data_flags
+    from stream_lstm.commands._settings import given
+    from stream_lstm.config import DataSettings, TrainSettings, build_settings
+
+    monkeypatch.setenv("STREAM_LSTM_TRAIN_EPOCHS", "7")
+    own = [n for n in TrainSettings.model_fields if n not in DataSettings.model_fields]
+    assert set(described(TrainSettings)) >= set(own), "a train setting without a description"
+    args = build_parser().parse_args(
+        ["train", "--out", "o", "--no-repair", "--learned-init", "--lr", "0.1",
+         "--split", "0.6,0.2,0.2", "--model", "cnn-lstm-attn"]
+    )  # fmt: skip
+    s = build_settings(TrainSettings, None, **data_flags(args), **given(args, args.setting_names))
+    assert (s.repair, s.learned_init, s.lr, s.split, s.model, s.epochs) == (
+        False, True, 0.1, [0.6, 0.2, 0.2], "cnn-lstm-attn", 7,
+    )  # fmt: skip
+    assert str(s.out) == "o"
