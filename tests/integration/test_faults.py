@@ -92,12 +92,14 @@ def kill_repeatedly(
             report.notes["plan_cut_after"] = i  # nothing left to forecast for these
             break
         w = start({"STREAM_LSTM_FAILPOINT": point} if point else None)
-        report.recovery_s.append(w.wait_first_forecast())
         if point:
+            # no wait for a first forecast: the fail point can kill the worker between two
+            # looks at its metrics (it did, in CI); recovery is measured on the others
             w.proc.wait(120)  # type: ignore[union-attr]
             assert w.proc.returncode == -signal.SIGKILL, w.log_text()[-2000:]  # type: ignore[union-attr]
             assert f"fail point {point.split('@')[0]} reached" in w.log_text()
         else:
+            report.recovery_s.append(w.wait_first_forecast())
             time.sleep(rng.uniform(*alive_s))
             w.kill()
         report.kills += 1
