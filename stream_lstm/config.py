@@ -226,6 +226,10 @@ class StackSettings(Settings):
     controller_port: Port = 9093
     redis_port: Port = 6379
     kafka_heap: Annotated[str, Field(pattern=r"^[0-9]+[mMgG]$")] = "512m"
+    # A Redis Cluster (3 masters + 3 replicas) besides the single Redis: nodes on BASE..BASE+5,
+    # their cluster buses on BASE+10000..BASE+10005 (so BASE <= 55530).
+    redis_cluster: bool = False
+    redis_cluster_port: Annotated[int, Field(ge=1, le=55530)] = 7000
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Self:
@@ -233,6 +237,26 @@ class StackSettings(Settings):
         if len(set(ports)) != len(ports):
             raise ValueError(
                 f"--kafka-port, --controller-port and --redis-port must differ (got {ports})"
+            )
+        return self
+
+    @property
+    def redis_cluster_ports(self) -> tuple[int, ...]:
+        """The cluster's node ports: masters BASE..BASE+2, replicas BASE+3..BASE+5."""
+        return tuple(range(self.redis_cluster_port, self.redis_cluster_port + 6))
+
+    @model_validator(mode="after")
+    def _cluster_ports_free_of_others(self) -> Self:
+        if not self.redis_cluster:
+            return self
+        used = set(self.redis_cluster_ports) | {p + 10000 for p in self.redis_cluster_ports}
+        clash = sorted(used & {self.kafka_port, self.controller_port, self.redis_port})
+        if clash:
+            base = self.redis_cluster_port
+            raise ValueError(
+                f"--redis-cluster-port {base} puts the cluster's nodes on {base}-{base + 5} and "
+                f"their buses on {base + 10000}-{base + 10005}, which takes port(s) {clash} of "
+                "--kafka-port, --controller-port or --redis-port: choose another base port"
             )
         return self
 
@@ -430,8 +454,10 @@ class WorkerSettings(TopicSettings):
     redis: SecretStr = opt(
         SecretStr("redis://127.0.0.1:6379/0"),
         "Redis URL: `redis://user:password@host:port/db` or `…/db?password=…`, `rediss://` for "
-        "TLS, `unix:///path/redis.sock?db=0` (percent-encode `/ # ? @` in a password: "
-        "`%2F %23 %3F %40`)",
+        "TLS, `unix:///path/redis.sock?db=0`; a Redis Cluster: any node's URL (detected) or "
+        "seed nodes `redis://host1:port1,host2:port2/0`; Sentinel: "
+        "`redis+sentinel://[user:password@]host:port[,host:port]/<service>` (percent-encode "
+        "`/ # ? @` in a password: `%2F %23 %3F %40`)",
         shown="redis://127.0.0.1:6379/0",
     )
     group: NonEmpty = opt("stream-lstm", "consumer group (and the Faust app id)")
@@ -541,6 +567,19 @@ class WorkerSettings(TopicSettings):
         240.0,
         "keep retrying a Redis outage this long, then exit 1",
         flag="--redis-outage-limit", group="operations",
+    )  # fmt: skip
+    redis_min_replicas: Annotated[int, Field(ge=0)] | None = opt(
+        None,
+        "each commit cycle waits until this many replicas of every Redis master it wrote to "
+        "have its writes (Redis WAIT) before any offset is committed; default: 1 on a cluster "
+        "or Sentinel master whose masters all have a replica, else 0",
+        shown="auto", group="operations",
+    )  # fmt: skip
+    redis_wait_timeout_s: Annotated[float, Field(gt=0)] = opt(
+        2.0,
+        "how long a commit cycle's WAIT may take; fewer replicas by then fail the cycle (it is "
+        "retried; the worker is unready meanwhile)",
+        flag="--redis-wait-timeout", group="operations",
     )  # fmt: skip
     flush_timeout_s: Annotated[float, Field(gt=0)] = opt(
         120.0,

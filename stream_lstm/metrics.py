@@ -289,11 +289,14 @@ class HealthServer:
                     body, ctype, code = (why + "\n").encode(), "text/plain", 200 if ok else 503
                 else:
                     body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the prober gave up waiting (a slow Redis ping): nothing to say
 
             def log_message(self, format: str, *args: object) -> None:
                 return  # quiet: scrapes every few seconds would flood the log

@@ -30,6 +30,23 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {t['worker_rss_bytes_max'] / 2**20:.0f} MiB |"
             )
         lines.append("")
+        if any("worker (Redis Cluster)" in t["median_events_per_s"] for t in r["throughput"]):
+            lines += [
+                "The same worker with its state on a local Redis Cluster (3 masters + 3 replicas, "
+                "each commit cycle waiting for 1 replica), measured in the same rounds:",
+                "",
+                "| keys | worker, one Redis node | worker, Redis Cluster | cluster / one node |",
+                "|---:|---:|---:|---:|",
+            ]
+            for t in r["throughput"]:
+                med = t["median_events_per_s"]
+                if "worker (Redis Cluster)" in med:
+                    lines.append(
+                        f"| {t['keys']:,} | {med['worker']:,.0f} "
+                        f"| {med['worker (Redis Cluster)']:,.0f} "
+                        f"| {t['cluster_over_single_node']:.2f} |"
+                    )
+            lines.append("")
         if any("faust worker" in t["median_events_per_s"] for t in r["throughput"]):
             lines += [
                 "The Faust runtime (`--runtime faust`, same engine, measured in the same rounds):",

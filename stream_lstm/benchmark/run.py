@@ -42,6 +42,7 @@ from stream_lstm.config import default_cache_dir
 from stream_lstm.stack import Stack
 from stream_lstm.stack.kafka import kafka_version
 from stream_lstm.stack.procs import free_port
+from stream_lstm.stack.redis_cluster import ClusterSpec, RedisCluster, free_ports
 
 
 @dataclass
@@ -58,6 +59,10 @@ class BenchConfig:
     max_batch: int = 4096
     max_wait_ms: int = 5
     threads: int | None = None
+    # the worker again with its state on a Redis Cluster, in the same rounds: "local" starts a
+    # 3-master + 3-replica cluster for the run, a URL uses a running one, None skips it
+    redis_cluster: str | None = "local"
+    cluster_url: str | None = None  # (set by run_bench)
     worker_args: tuple[str, ...] = ()
     micro: bool = True
     micro_sizes: tuple[int, ...] = SIZES
@@ -150,6 +155,8 @@ def throughput(
             "worker": [],
             "per-event baseline": [],
         }
+        if c.cluster_url:
+            runs["worker (Redis Cluster)"] = []
         if "faust" in c.runtimes:
             runs["faust worker"] = []
         for r in range(c.rounds):
@@ -160,6 +167,17 @@ def throughput(
             wr, proc = systems.worker_run(args, logs / f"worker-{keys}-{r}.log", keys, c.events)
             proc.stop()
             runs["worker"].append(wr)
+            on_cluster = ""
+            if c.cluster_url:
+                args = _worker_args(
+                    c, model, bootstrap, c.cluster_url, t_in, outs["worker"], t_dlq, f"{group}-c"
+                )
+                cr, proc = systems.worker_run(
+                    args, logs / f"cluster-{keys}-{r}.log", keys, c.events
+                )
+                proc.stop()
+                runs["worker (Redis Cluster)"].append(cr)
+                on_cluster = f" · on the cluster {cr.rate:,.0f}/s"
             faust = ""
             if "faust" in c.runtimes:
                 args = _worker_args(
@@ -177,8 +195,8 @@ def throughput(
             runs["per-event baseline"].append(b)
             console.print(
                 f"  round {r + 1}: passthrough {p.rate:,.0f}/s · worker {wr.rate:,.0f}/s "
-                f"(CPU {wr.extra['cpu_percent']:.0f} %, RSS {wr.extra['rss_bytes'] / 2**20:.0f} MiB) · "
-                f"per-event baseline {b.rate:,.0f}/s{faust}"
+                f"(CPU {wr.extra['cpu_percent']:.0f} %, RSS {wr.extra['rss_bytes'] / 2**20:.0f} MiB)"
+                f"{on_cluster} · per-event baseline {b.rate:,.0f}/s{faust}"
             )
         med = {k: statistics.median(x.rate for x in v) for k, v in runs.items()}
         faust_ratios = {}
@@ -188,6 +206,8 @@ def throughput(
                 "faust_over_worker": med["faust worker"] / med["worker"],
                 "faust_rss_bytes_max": max(x.extra["rss_bytes"] for x in runs["faust worker"]),
             }
+        if c.cluster_url:
+            faust_ratios["cluster_over_single_node"] = med["worker (Redis Cluster)"] / med["worker"]
         return faust_ratios | {
             "keys": keys,
             "measured_events": c.events,
@@ -346,6 +366,19 @@ def run_bench(c: BenchConfig, console: Console) -> dict[str, Any]:
         stack.redis.start()
         stack.kafka.start()
         bootstrap, redis_url = stack.bootstrap, stack.redis_url
+    cluster = None
+    if c.redis_cluster == "local" and "throughput" in c.parts:
+        ports = free_ports(12)
+        cluster = RedisCluster(
+            ClusterSpec(
+                run_dir=logs / "cluster", ports=ports[:6], bus_ports=ports[6:], node_timeout_ms=5000
+            )
+        )
+        console.print("starting a local Redis Cluster (3 masters + 3 replicas) …")
+        cluster.start()
+        c.cluster_url = cluster.spec.url
+    elif c.redis_cluster:
+        c.cluster_url = c.redis_cluster
     result: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
@@ -376,6 +409,8 @@ def run_bench(c: BenchConfig, console: Console) -> dict[str, Any]:
                 w.features + 4, w.hidden, w.layers, w.horizon, w.time_step, c.micro_sizes
             )
     finally:
+        if cluster is not None:
+            cluster.stop()
         if stack is not None:
             stack.kafka.stop()
             stack.redis.stop()

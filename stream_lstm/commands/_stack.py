@@ -12,7 +12,8 @@ from stream_lstm.config import StackSettings, build_settings
 from stream_lstm.stack import Stack
 
 
-def add_stack_flags(p: argparse.ArgumentParser) -> None:
+def add_stack_flags(p: argparse.ArgumentParser, *, redis_cluster: bool = False) -> None:
+    """The ``[stack]`` settings as flags; ``redis_cluster``: also the Redis Cluster ones."""
     g = p.add_argument_group("local stack (env STREAM_LSTM_STACK_*, TOML [stack])")
     g.add_argument("--config", type=Path, help="TOML file with a [stack] table")
     g.add_argument("--dir", type=Path, help="run directory: PID files, logs, data")
@@ -22,6 +23,22 @@ def add_stack_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--controller-port", type=int, help="KRaft controller port (default 9093)")
     g.add_argument("--redis-port", type=int, help="Redis port (default 6379)")
     g.add_argument("--kafka-heap", help="broker JVM heap, e.g. 512m (default)")
+    if redis_cluster:
+        g.add_argument(
+            "--redis-cluster",
+            action="store_true",
+            default=None,
+            help="also a local Redis Cluster, 3 masters + 3 replicas, next to Kafka and the "
+            "single Redis (which stay); `status` shows one row per node with its role and slots, "
+            "`down` stops every node (a cluster `up` started is found again without this flag)",
+        )
+        g.add_argument(
+            "--redis-cluster-port",
+            type=int,
+            metavar="BASE",
+            help="with --redis-cluster: nodes on BASE..BASE+5 (created masters BASE..BASE+2), "
+            "cluster buses on BASE+10000..BASE+10005 (default 7000)",
+        )
 
 
 def stack_from_args(args: argparse.Namespace) -> Stack:
@@ -35,6 +52,8 @@ def stack_from_args(args: argparse.Namespace) -> Stack:
         controller_port=args.controller_port,
         redis_port=args.redis_port,
         kafka_heap=args.kafka_heap,
+        redis_cluster=getattr(args, "redis_cluster", None),
+        redis_cluster_port=getattr(args, "redis_cluster_port", None),
     )
     return Stack(
         s.dir,
@@ -44,12 +63,15 @@ def stack_from_args(args: argparse.Namespace) -> Stack:
         controller_port=s.controller_port,
         redis_port=s.redis_port,
         kafka_heap=s.kafka_heap,
+        redis_cluster_port=s.redis_cluster_port if s.redis_cluster else None,
     )
 
 
 def print_status(stack: Stack, console: Console) -> None:
     table = Table(title=f"local stack in {stack.root}")
-    for col in ("part", "address", "state", "pid", "RSS"):
+    for col in ("part", "address"):  # long ones fold rather than end in "…"
+        table.add_column(col, overflow="fold")
+    for col in ("state", "pid", "RSS"):
         table.add_column(col, no_wrap=True)
     for c in stack.status():
         rss = f"{c.rss_bytes / 2**20:.0f} MiB" if c.rss_bytes else "-"

@@ -82,6 +82,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tag", default="", help="a label added to the result file name")
     p.add_argument("--bootstrap", help="use this running Kafka instead of starting one")
     p.add_argument("--redis", help="use this running Redis instead of starting one")
+    p.add_argument(
+        "--redis-cluster",
+        default="local",
+        help="the worker again with its state on a Redis Cluster, in the same rounds: `local` "
+        "(default) starts a 3-master + 3-replica cluster for the run, a URL uses a running one, "
+        "`none` skips it",
+    )
     p.set_defaults(run=run)
 
 
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         bootstrap=args.bootstrap,
         redis_url=args.redis,
+        redis_cluster=None if args.redis_cluster == "none" else args.redis_cluster,
         tag=args.tag,
     )
     console = Console()

@@ -1,4 +1,5 @@
-"""``stream-lstm stack up|down|status``: the local Apache Kafka broker and Redis."""
+"""``stream-lstm stack up|down|status``: the local Apache Kafka broker and Redis (and, with
+``--redis-cluster``, a local Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Manage the local stack: Apache Kafka (single node, KRaft, jars from Maven Central, "
             "resolved once and cached) and redis-server (Debian package, installed if missing, "
-            "append-only persistence on). Processes are recorded and stopped by PID."
+            "append-only persistence on). Processes are recorded and stopped by PID. "
+            "--redis-cluster adds a Redis Cluster of 3 masters + 3 replicas from the same "
+            "redis-server (formed with `redis-cli --cluster create`), ports BASE..BASE+5 "
+            "(--redis-cluster-port, default 7000), its URL redis://host:BASE,host:BASE+1,"
+            "host:BASE+2/0; the single Redis keeps running beside it."
         ),
     )
     acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, help_, fn in (
         ("up", "start Kafka and Redis (idempotent: says so if already running)", _up),
-        ("down", "stop both by PID (SIGTERM, then SIGKILL after a grace period)", _down),
-        ("status", "report each part, its address, PID and RSS", _status),
+        ("down", "stop everything by PID (SIGTERM, then SIGKILL after a grace period)", _down),
+        (
+            "status",
+            "report each part (each Redis Cluster node with its role and slots), its address, "
+            "PID and RSS; exit code 3 when any part is not ready",
+            _status,
+        ),
     ):
         a = acts.add_parser(name, help=help_, description=help_)
-        add_stack_flags(a)
+        add_stack_flags(a, redis_cluster=True)
         a.set_defaults(run=fn)
 
 

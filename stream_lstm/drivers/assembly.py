@@ -56,13 +56,17 @@ class RedisRetry:
         self.metrics = metrics
         self.stopping = stopping
         self.beat = beat
+        self.failing: str | None = None  # why the operation being retried failed (/readyz)
 
     def __call__(self, fn: Callable[[], T]) -> T:
         delay, start = 0.1, time.monotonic()
         while True:
             try:
-                return fn()
+                out = fn()
+                self.failing = None
+                return out
             except StateError as e:
+                self.failing = str(e)
                 waited = time.monotonic() - start
                 if (self.limit and waited > self.limit) or (self.stopping() and waited > 10):
                     raise StateError(f"Redis still failing after {waited:.0f} s: {e}") from None
@@ -85,6 +89,7 @@ class EngineParts:
     health: HealthServer | None = None
     ready: bool = False
     last_beat: float = field(default_factory=time.monotonic)
+    retry: RedisRetry | None = None  # the engine's Redis retries (a failing store: unready)
     _admin: Any = None  # reads the input topic's id (a re-created topic has a new one)
     _input_topic: str = ""
 
@@ -107,6 +112,8 @@ class EngineParts:
     def readyz(self) -> tuple[bool, str]:
         if not self.ready:
             return False, "starting"
+        if self.retry is not None and self.retry.failing:
+            return False, f"retrying Redis: {self.retry.failing}"
         if not self.store.ping():
             return False, "Redis unreachable"
         return True, "ready"
@@ -199,6 +206,8 @@ def build_engine(
         s.state_namespace,
         layout_for(forecaster, s.scoring()),
         ttl_ms=s.state_ttl_s * 1000,
+        min_replicas=s.redis_min_replicas,
+        wait_timeout_s=s.redis_wait_timeout_s,
         on_rtt=lambda op, sec: metrics.redis_rtt.labels(op=op).observe(sec),
     )
     sink = KafkaSink(s.bootstrap, s.producer_config(), s.flush_timeout_s)
@@ -221,7 +230,7 @@ def build_engine(
         ),
         retry=retry,
     )
-    parts = EngineParts(device, store, sink, engine)
+    parts = EngineParts(device, store, sink, engine, retry=retry)
     retry.beat = parts.beat  # a loop waiting for Redis is alive, not hung
     return parts
 

@@ -1,4 +1,5 @@
-"""The local stack: a real Apache Kafka broker (KRaft) and a real Redis, started by PID.
+"""The local stack: a real Apache Kafka broker (KRaft) and a real Redis, started by PID, and on
+request a local Redis Cluster (3 masters + 3 replicas) next to them.
 
 Used by ``stream-lstm stack up|down|status``, the test fixtures, the benchmarks and the demo.
 """
@@ -12,8 +13,20 @@ from pathlib import Path
 from stream_lstm.stack import procs
 from stream_lstm.stack.kafka import KafkaBroker, KafkaSpec, kafka_version
 from stream_lstm.stack.redis import RedisServer, RedisSpec
+from stream_lstm.stack.redis_cluster import ClusterSpec, NodeStatus, RedisCluster
 
-__all__ = ["ComponentStatus", "KafkaBroker", "KafkaSpec", "RedisServer", "RedisSpec", "Stack"]
+__all__ = [
+    "ClusterSpec",
+    "ComponentStatus",
+    "KafkaBroker",
+    "KafkaSpec",
+    "RedisCluster",
+    "RedisServer",
+    "RedisSpec",
+    "Stack",
+]
+
+CLUSTER_NODES = 6  # 3 masters + 3 replicas: ports BASE..BASE+5
 
 
 @dataclass(frozen=True)
@@ -42,7 +55,12 @@ class UpResult:
 
 
 class Stack:
-    """Kafka + Redis under one run directory (``<root>/kafka``, ``<root>/redis``)."""
+    """Kafka + Redis under one run directory (``<root>/kafka``, ``<root>/redis``), and a Redis
+    Cluster in ``<root>/redis-cluster`` when ``redis_cluster_port`` (its base port) is given.
+
+    A cluster that an earlier ``up`` started is found again from its ``cluster.json`` while any
+    of its nodes runs, so ``status`` and ``down`` cover it without the flag.
+    """
 
     def __init__(
         self,
@@ -55,6 +73,7 @@ class Stack:
         redis_port: int = 6379,
         kafka_heap: str = "512m",
         redis_password: str | None = None,
+        redis_cluster_port: int | None = None,
     ) -> None:
         self.root = root
         self.kafka = KafkaBroker(
@@ -70,6 +89,17 @@ class Stack:
         self.redis = RedisServer(
             RedisSpec(run_dir=root / "redis", host=host, port=redis_port, password=redis_password)
         )
+        self.cluster: RedisCluster | None = None
+        cluster_dir = root / "redis-cluster"
+        if redis_cluster_port is not None:
+            ports = tuple(range(redis_cluster_port, redis_cluster_port + CLUSTER_NODES))
+            self.cluster = RedisCluster(
+                ClusterSpec(run_dir=cluster_dir, ports=ports, host=host, password=redis_password)
+            )
+        else:
+            recorded = RedisCluster.recorded(cluster_dir, redis_password)
+            if recorded is not None and recorded.pid() is not None:
+                self.cluster = recorded
 
     @property
     def bootstrap(self) -> str:
@@ -80,7 +110,8 @@ class Stack:
         return self.redis.spec.url
 
     def up(self) -> list[UpResult]:
-        """Start whatever is not running yet (idempotent). Redis first: it is quick."""
+        """Start whatever is not running yet (idempotent). Redis first: it is quick. A cluster
+        with some nodes missing gets them restarted (and counts as started)."""
         results = []
         for comp, address in ((self.redis, self.redis_url), (self.kafka, self.bootstrap)):
             pid = comp.pid()
@@ -90,11 +121,22 @@ class Stack:
             t0 = time.monotonic()
             comp.start(fresh=True)
             results.append(UpResult(comp.name, address, comp.pid(), True, time.monotonic() - t0))
+        if self.cluster is not None:
+            c = self.cluster
+            if len(c.pids()) == len(c.spec.ports):
+                results.append(UpResult(c.name, c.spec.url, c.pid(), started=False, seconds=0.0))
+            else:
+                seconds = c.start(fresh=c.pid() is None)
+                results.append(UpResult(c.name, c.spec.url, c.pid(), True, seconds))
         return results
 
     def down(self, grace_s: float = 30.0) -> list[tuple[str, bool]]:
-        """Stop both by PID; returns (name, was_running) pairs."""
-        return [(c.name, c.stop(grace_s)) for c in (self.kafka, self.redis)]
+        """Stop everything by PID; returns (name, was_running) pairs."""
+        parts: list[KafkaBroker | RedisCluster | RedisServer] = [self.kafka]
+        if self.cluster is not None:
+            parts.append(self.cluster)
+        parts.append(self.redis)
+        return [(c.name, c.stop(grace_s)) for c in parts]
 
     def status(self) -> list[ComponentStatus]:
         out = []
@@ -113,4 +155,31 @@ class Stack:
                     detail=detail,
                 )
             )
+        if self.cluster is not None:
+            out += [
+                ComponentStatus(
+                    name=self.cluster.name,
+                    address=n.address,
+                    pid=n.pid,
+                    rss_bytes=n.rss_bytes,
+                    ready=n.up,
+                    detail=cluster_detail(n),
+                )
+                for n in self.cluster.nodes()
+            ]
         return out
+
+
+def cluster_detail(n: NodeStatus) -> str:
+    """The ``part`` column of a cluster node in ``stack status``."""
+    if n.role == "master":
+        text = f"redis-cluster master ({n.slots} slots)"
+    elif n.role == "replica":
+        text = f"redis-cluster replica of {n.master_of}"
+    else:  # down or fail
+        text = f"redis-cluster node {'failed' if n.role == 'fail' else 'down'}"
+        if n.slots:
+            text += f" ({n.slots} slots not taken over)"
+    if n.cluster_ok is False:
+        text += ", cluster_state not ok"
+    return text

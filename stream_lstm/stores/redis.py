@@ -1,34 +1,54 @@
-"""The Redis state store: one round trip to load a tick's missing keys, one pipelined round trip
-of conditional writes per commit cycle.
+"""The Redis state store: one pipelined round trip per node to load a tick's missing keys, one
+per node of conditional writes per commit cycle — on one node, a Sentinel-managed master, or a
+Redis Cluster (routing: :mod:`stream_lstm.stores.redis_nodes`).
 
-Key names: ``<namespace>:<model version>:{<entity key>}`` — the braces are a Redis Cluster hash
-tag, so one key's record lives in one slot. ``<namespace>:versions`` lists the model versions
-that have written state, so a new version can find the previous one's records to rebuild from.
+Key layout (docs/scaling.md says why). Every entity key falls in one of :data:`BUCKETS` buckets
+(CRC16 of the key, modulo 1,024), and the bucket is the Redis Cluster hash tag:
+
+- ``<namespace>:<model version>:{s<bucket>}:<entity key>`` — a key's record;
+- ``<namespace>:epoch:{s<bucket>}`` — the bucket's epoch marker;
+- ``<namespace>:versions`` — the model versions that have written state, so a new version can
+  find the previous one's records to rebuild from.
+
+A bucket's records and its marker share one slot, so each write script touches ONE slot (what a
+cluster requires). A commit cycle sends one script per bucket it touches (on a single node or a
+Sentinel master, the buckets are packed ``chunk`` keys per script), grouped into one pipeline
+per node. A hot input partition's keys spread over all buckets, so over all shards; resharding
+moves buckets whole.
 
 The write script refuses to replace a record whose stored ``last_offset`` is newer than the
 one being written (in the same partition of the same topic; by event time when the key moved):
 a worker that lost its partitions (a zombie) cannot overwrite the state that the new owner has
 already advanced.
 
-``<namespace>:epoch`` is a marker set once per namespace: every load reads it and every write
-script checks it, so a store that lost its data under a running worker (FLUSHDB, a restart
-without persistence) is noticed, logged and counted, and the worker rewrites every key it holds
-in full instead of patching deltas into records that are gone. (The script touches the marker
-and the records in one call: fine on one Redis node; Redis Cluster needs both in one slot.)
+The epoch markers are set once per namespace: every load reads and every write script checks
+the marker of the bucket it touches, so a store that lost its data under a running worker
+(FLUSHDB, a restart without persistence, a shard lost with its replicas) is noticed, logged and
+counted, and the worker rewrites every key it holds in full instead of patching deltas into
+records that are gone.
+
+Durability across a failover: with ``min_replicas`` N > 0 every node's pipeline of writes ends
+with ``WAIT N timeout`` on the same connection; fewer acknowledgements fail the save (the
+caller retries it; offsets stay uncommitted), so a master killed with -9 and replaced by its
+replica has every state behind a committed offset.
 """
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from stream_lstm.errors import ConfigError, StateError
-from stream_lstm.redact import redact_url, url_has_credentials
+from stream_lstm.redact import url_has_credentials
 from stream_lstm.stores.base import SaveResult, newer
 from stream_lstm.stores.record import (
     HEADER,
@@ -40,75 +60,114 @@ from stream_lstm.stores.record import (
     Layout,
     Snapshot,
 )
+from stream_lstm.stores.redis_nodes import SINGLE, Nodes, open_nodes, resolve, retryable
 
 log = logging.getLogger(__name__)
 
-# KEYS[1]: the namespace's epoch marker; KEYS[2..]: record keys. ARGV: the epoch this worker
-# knows, TTL ms (0 = none), record size, fixed-part size, bytes of a ring row; then for KEYS[i]:
-# ARGV[2 + 2i] the fixed part (header, h, c) and ARGV[3 + 2i] the new ring rows, each (u16
-# position, row). Nothing is written when the marker is not the epoch given (the store was
-# wiped: the caller finds out and rewrites every key it holds in full). Per record, the rule of
+BUCKETS = 1024
+TAGS = [f"{{s{b}}}" for b in range(BUCKETS)]
+TAG_SLOT = [key_slot(t.encode()) for t in TAGS]
+
+
+def bucket_of(key: str) -> int:
+    return binascii.crc_hqx(key.encode(), 0) % BUCKETS
+
+
+# KEYS: per group of records (one bucket, or on one node several), the bucket's epoch marker and
+# then the group's record keys. ARGV: TTL ms (0 = none), record size, fixed-part size, bytes of
+# a ring row, the number of groups G; per group its record count and the epoch this worker knows;
+# then per record the fixed part (header, h, c) and the new ring rows, each (u16 position, row).
+# A group whose marker is not the epoch given is not written (the store was wiped: the caller
+# finds out and rewrites every key it holds in full). Per record, the rule of
 # stores.record.write_refused: same partition and topic → refused when the stored offset is
 # newer; moved → refused when the stored event time is newer. An SLS3 record is upgraded in
 # place; a record of another size is replaced by a zero-filled one before it is patched.
+# Returns {records written, refused record indices (1-based), wiped group indices}.
 WRITE_IF_NOT_OLDER = f"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {{0, {{}}, 1}} end
-local ttl, size, fixed, rb = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-  tonumber(ARGV[5])
+local ttl, size, fixed, rb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
+local ng = tonumber(ARGV[5])
 local hdr, v3, z16 = {HEADER.itemsize}, {HEADER_V3.itemsize}, string.rep('\\0', 16)
-local written = 0
-local refused = {{}}
-for i = 2, #KEYS do
-  local k = KEYS[i]
-  local head = ARGV[2 + 2 * i]
-  local rows = ARGV[3 + 2 * i]
-  local cur = redis.call('GETRANGE', k, 0, hdr - 1)
-  local len = #cur
-  if len > 0 then len = redis.call('STRLEN', k) end
-  local magic = string.sub(cur, 1, 4)
-  if magic == 'SLS3' and len == size - 16 then
-    local rec = redis.call('GET', k)
-    redis.call('SET', k, 'SLS4' .. string.sub(rec, 5, v3) .. z16 .. string.sub(rec, v3 + 1),
-      'KEEPTTL')
-    cur, len, magic = string.sub(redis.call('GETRANGE', k, 0, hdr - 1), 1, hdr), size, 'SLS4'
-  end
-  local tc = nil
-  if magic == 'SLS4' and #cur == hdr then tc = string.sub(cur, {TOPIC_ID_POS + 1}, hdr)
-  elseif magic == 'SLS3' and #cur >= v3 then tc = z16 end
-  local refuse = false
-  if tc then
-    local tn = string.sub(head, {TOPIC_ID_POS + 1}, hdr)
-    local same = string.sub(cur, {PARTITION_POS + 1}, {PARTITION_POS + 4})
-      == string.sub(head, {PARTITION_POS + 1}, {PARTITION_POS + 4})
-      and (tc == tn or tc == z16 or tn == z16)
-    local at = {OFFSET_POS + 1}
-    if not same then at = {TS_POS + 1} end
-    refuse = struct.unpack('<i8', cur, at) > struct.unpack('<i8', head, at)
-  end
-  if refuse then
-    refused[#refused + 1] = i - 1
+local written, refused, wiped = 0, {{}}, {{}}
+local ki, ai, ri = 1, 6 + 2 * ng, 0
+for g = 1, ng do
+  local n = tonumber(ARGV[4 + 2 * g])
+  local ekey = KEYS[ki]
+  ki = ki + 1
+  if redis.call('GET', ekey) ~= ARGV[5 + 2 * g] then
+    wiped[#wiped + 1] = g
+    ki, ai, ri = ki + n, ai + 2 * n, ri + n
   else
-    if len ~= size then
-      redis.call('SET', k, string.rep('\\0', size))
+    for _ = 1, n do
+      local k, head, rows = KEYS[ki], ARGV[ai], ARGV[ai + 1]
+      ki, ai, ri = ki + 1, ai + 2, ri + 1
+      local cur = redis.call('GETRANGE', k, 0, hdr - 1)
+      local len = #cur
+      if len > 0 then len = redis.call('STRLEN', k) end
+      local magic = string.sub(cur, 1, 4)
+      if magic == 'SLS3' and len == size - 16 then
+        local rec = redis.call('GET', k)
+        redis.call('SET', k, 'SLS4' .. string.sub(rec, 5, v3) .. z16 .. string.sub(rec, v3 + 1),
+          'KEEPTTL')
+        cur, len, magic = string.sub(redis.call('GETRANGE', k, 0, hdr - 1), 1, hdr), size, 'SLS4'
+      end
+      local tc = nil
+      if magic == 'SLS4' and #cur == hdr then tc = string.sub(cur, {TOPIC_ID_POS + 1}, hdr)
+      elseif magic == 'SLS3' and #cur >= v3 then tc = z16 end
+      local refuse = false
+      if tc then
+        local tn = string.sub(head, {TOPIC_ID_POS + 1}, hdr)
+        local same = string.sub(cur, {PARTITION_POS + 1}, {PARTITION_POS + 4})
+          == string.sub(head, {PARTITION_POS + 1}, {PARTITION_POS + 4})
+          and (tc == tn or tc == z16 or tn == z16)
+        local at = {OFFSET_POS + 1}
+        if not same then at = {TS_POS + 1} end
+        refuse = struct.unpack('<i8', cur, at) > struct.unpack('<i8', head, at)
+      end
+      if refuse then
+        refused[#refused + 1] = ri
+      else
+        if len ~= size then
+          redis.call('SET', k, string.rep('\\0', size))
+        end
+        redis.call('SETRANGE', k, 0, head)
+        local o = 1
+        while o < #rows do
+          local pos = struct.unpack('<I2', rows, o)
+          redis.call('SETRANGE', k, fixed + pos * rb, string.sub(rows, o + 2, o + 1 + rb))
+          o = o + 2 + rb
+        end
+        if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
+        written = written + 1
+      end
     end
-    redis.call('SETRANGE', k, 0, head)
-    local o = 1
-    while o < #rows do
-      local pos = struct.unpack('<I2', rows, o)
-      redis.call('SETRANGE', k, fixed + pos * rb, string.sub(rows, o + 2, o + 1 + rb))
-      o = o + 2 + rb
-    end
-    if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
-    written = written + 1
   end
 end
-return {{written, refused, 0}}
+return {{written, refused, wiped}}
 """
+WRITE_SHA = hashlib.sha1(WRITE_IF_NOT_OLDER.encode()).hexdigest()
 
-
-# One round trip per commit cycle, unless a cycle is huge (a cold start with 100,000s of keys):
-# then every 16,384 keys, so the commands never hold hundreds of megabytes at once.
+# One pipeline per node per commit cycle, unless a cycle is huge (a cold start with 100,000s of
+# keys): then every 16,384 keys, so the commands never hold hundreds of megabytes at once.
 MAX_KEYS_PER_ROUND_TRIP = 16_384
+ATTEMPTS = 6  # per load or save, on MOVED / ASK / TRYAGAIN / CLUSTERDOWN / a lost node …
+BACKOFF_S = 0.05  # … doubling between attempts (~1.6 s in all); then StateError, and the
+# caller's retry (RedisRetry: the worker is unready, offsets stay uncommitted) takes over
+
+
+class ReplicasMissing(redis.RedisError):
+    """Fewer replicas than ``min_replicas`` acknowledged a pipeline's writes in time."""
+
+
+@dataclass
+class Call:
+    """One command of a round: the slot it touches (-1: any), its arguments, and the buckets
+    (with the indices of their keys in the caller's list) it covers."""
+
+    slot: int
+    args: tuple[object, ...]
+    groups: list[tuple[int, list[int]]]
+    nkeys: int
 
 
 class RedisStateStore:
@@ -121,9 +180,16 @@ class RedisStateStore:
         ttl_ms: int = 7 * 86_400_000,
         chunk: int = 512,
         socket_timeout_s: float = 5.0,
+        min_replicas: int | None = None,
+        wait_timeout_s: float = 2.0,
         on_rtt: Callable[[str, float], None] | None = None,
     ) -> None:
-        self.url_shown = redact_url(url)
+        if "{" in namespace or "}" in namespace:
+            raise ConfigError(
+                f"--namespace {namespace!r}: braces are reserved for the Redis Cluster hash tag"
+            )
+        self.nodes: Nodes = open_nodes(url, socket_timeout_s)
+        self.url_shown = self.nodes.shown
         self._has_password = url_has_credentials(url)
         self.namespace = namespace
         self.layout = layout
@@ -131,35 +197,33 @@ class RedisStateStore:
         self.ttl_ms = ttl_ms
         self.chunk = chunk
         self.on_rtt = on_rtt
+        self.min_replicas_asked = min_replicas
+        self.min_replicas = min_replicas or 0
+        self.wait_timeout_ms = max(1, int(wait_timeout_s * 1000))
         self.previous_version: str | None = None
-        self.epoch_key = f"{namespace}:epoch"
-        self.epoch = ""  # this namespace's epoch marker, as this worker knows it
-        self._wiped = False  # a load or a save found the marker gone or changed
-        try:
-            self.client = redis.Redis.from_url(
-                url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
-            )
-        except (ValueError, TypeError) as e:
-            # (redis-py's message can quote a piece of the password: never shown)
-            raise ConfigError(
-                f"--redis / STREAM_LSTM_REDIS {self.url_shown} is not a Redis URL redis-py can "
-                f"read ({type(e).__name__}); the form is redis[s]://[user:password@]host:port/db, "
-                "with / # ? @ in a password percent-encoded (%2F %23 %3F %40)"
-            ) from None
-        self._sha: str | None = None
+        self.versions_key = f"{namespace}:versions"
+        # the buckets' epoch markers, as this worker knows them
+        self.epochs: list[str] = [""] * BUCKETS
+        self._wiped = False  # a load or a save found a marker gone or changed
+
+    @property
+    def mode(self) -> str:
+        return self.nodes.mode
 
     # -- start-up ----------------------------------------------------------------------------
     def connect(self, retry_s: float = 0.0) -> None:
-        """Ping (retrying up to ``retry_s``), load the script, register this model version."""
+        """Reach Redis (retrying up to ``retry_s``), load the script, register this model
+        version, adopt the epoch markers; decide how many replicas each write waits for."""
         deadline = time.monotonic() + retry_s
         delay = 0.2
         while True:
             try:
-                self.client.ping()
+                self.nodes = resolve(self.nodes)
+                for addr in self.nodes.masters():
+                    self.nodes.client(addr).script_load(WRITE_IF_NOT_OLDER)
                 break
             except TypeError as e:  # an unknown URL parameter reaches the connection's init
-                m = re.search(r"unexpected keyword argument '([^']*)'", str(e))
-                name = m.group(1) if m else "?"
+                name = str(e).partition("unexpected keyword argument ")[2].strip("'") or "?"
                 raise ConfigError(
                     f"--redis {self.url_shown}: the URL parameter {name!r} is not one redis-py "
                     "knows (e.g. password, username, db, ssl_cert_reqs, health_check_interval); "
@@ -178,44 +242,82 @@ class RedisStateStore:
                     raise StateError(
                         f"Redis at {self.url_shown} refused the credentials: {e}"
                     ) from None
-                raise StateError(f"Redis at {self.url_shown}: {e}") from None
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if not retryable(e) or time.monotonic() >= deadline:
+                    raise StateError(f"Redis at {self.url_shown}: {e}") from None
+            except redis.RedisError as e:
                 if time.monotonic() >= deadline:
                     hint = "" if retry_s else " (set --redis-connect-timeout to wait for it)"
                     raise StateError(f"cannot reach Redis at {self.url_shown}: {e}{hint}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
-        created = self._resolve_epoch()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        created = self._resolve_epochs(range(BUCKETS))
         self.previous_version = self._register_version()
+        self._decide_replicas()
         log.info(
-            "state epoch %s in %s (%s)", self.epoch, self.url_shown,
-            "new: no marker was there" if created else "found",
+            "state in %s (%s): epoch markers %s, writes wait for %d replica(s)",
+            self.nodes.describe(), self.mode,
+            f"new for {created} of {BUCKETS} buckets" if created else "found",
+            self.min_replicas,
         )  # fmt: skip
 
-    # -- the epoch marker: detects a wiped store (FLUSHDB, a restart without persistence) ------
-    def _resolve_epoch(self) -> bool:
-        """Adopt the namespace's epoch marker, creating it if there is none (True then)."""
-        created = bool(self.client.set(self.epoch_key, uuid.uuid4().hex, nx=True))
-        raw = self.client.get(self.epoch_key)
-        self.epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
-        return created
-
-    def _lost_epoch(self, seen: object) -> None:
-        """The marker is not the one this worker knows: the store was wiped (or another worker
-        saw that first and set a new marker). Adopt the new epoch; the engine learns of it
-        through :meth:`wiped` and rewrites what it holds."""
-        old = self.epoch
+    def _decide_replicas(self) -> None:
         try:
-            created = self._resolve_epoch()
-        except redis.RedisError as e:
-            raise StateError(f"re-creating the epoch marker in {self.url_shown}: {e}") from None
+            have = self._round("reading replication", [Call(-1, ("INFO", "replication"), [], 0)])
+            fewest = self.nodes.replicas() if self.mode == "cluster" else _slaves(have[0])
+        except StateError as e:
+            log.warning("could not count the replicas (%s)", e)
+            fewest = 0
+        if self.min_replicas_asked is None:
+            # the default: wait for one replica where every master has one (cluster, Sentinel)
+            self.min_replicas = 1 if self.mode != SINGLE and fewest >= 1 else 0
+            if self.mode != SINGLE and fewest == 0:
+                log.warning(
+                    "Redis %s: a master has no replica, so writes wait for none; a master "
+                    "lost with -9 loses the state written since its last fsync",
+                    self.url_shown,
+                )
+        elif self.min_replicas > fewest:
+            log.warning(
+                "--redis-min-replicas %d but a master of %s has %d replica(s) now: commit "
+                "cycles will fail (and the worker go unready) until enough replicas are up",
+                self.min_replicas, self.url_shown, fewest,
+            )  # fmt: skip
+
+    # -- the epoch markers: detect a wiped store (FLUSHDB, a restart without persistence) ------
+    def _epoch_key(self, bucket: int) -> str:
+        return f"{self.namespace}:epoch:{TAGS[bucket]}"
+
+    def _resolve_epochs(self, buckets: Sequence[int]) -> int:
+        """Adopt each bucket's marker, creating the ones that are missing; returns how many."""
+        proposal = uuid.uuid4().hex
+        made = self._round(
+            "setting the epoch markers in",
+            [
+                Call(TAG_SLOT[b], ("SET", self._epoch_key(b), proposal, "NX"), [], 1)
+                for b in buckets
+            ],
+        )
+        seen = self._round(
+            "reading the epoch markers in",
+            [Call(TAG_SLOT[b], ("GET", self._epoch_key(b)), [], 1) for b in buckets],
+        )
+        for b, value in zip(buckets, seen, strict=True):
+            self.epochs[b] = value.decode() if isinstance(value, bytes) else str(value)
+        return sum(1 for m in made if m)
+
+    def _lost_epochs(self, lost: dict[int, object]) -> None:
+        """Markers that are not the ones this worker knows: those buckets were wiped (or another
+        worker saw that first and set new markers). Adopt them; the engine learns of it through
+        :meth:`wiped` and rewrites what it holds."""
+        created = self._resolve_epochs(sorted(lost))
         self._wiped = True
+        gone = sum(1 for v in lost.values() if v is None)
         log.error(
-            "state store %s lost its data under namespace %s (epoch marker %s is %s; now %s, "
-            "%s): keys not cached by a worker restart from zero state",
-            self.url_shown, self.namespace, old, "gone" if seen is None else "changed",
-            self.epoch, "set by this worker" if created else "set by another worker",
+            "state store %s lost data under namespace %s: the epoch markers of %d bucket(s) were "
+            "%s (%d set again by this worker): keys not cached by a worker restart from zero "
+            "state",
+            self.url_shown, self.namespace, len(lost),
+            "gone" if gone == len(lost) else f"changed or gone ({gone} gone)", created,
         )  # fmt: skip
 
     def wiped(self) -> bool:
@@ -226,27 +328,52 @@ class RedisStateStore:
     def use_layout(self, layout: Layout) -> None:
         """Store a new model version's states from now on (a hot model switch): register the
         version, so its keys fall back to the records of the one before."""
-        try:
-            previous = self._register_version(layout.version)
-        except redis.RedisError as e:
-            raise StateError(f"registering model version {layout.version}: {e}") from None
+        previous = self._register_version(layout.version)
         self.layout, self.version, self.previous_version = layout, layout.version, previous
 
     def _register_version(self, version: str | None = None) -> str | None:
         """Append ``version`` (default: this store's) to the version list; returns the last
         other version that wrote state before it."""
         version = version or self.version
-        key = f"{self.namespace}:versions"
-        seen = [
-            v.decode() if isinstance(v, bytes) else str(v) for v in self.client.lrange(key, 0, -1)
-        ]
+        slot = key_slot(self.versions_key.encode())
+        (raw,) = self._round(
+            "registering the model version in",
+            [Call(slot, ("LRANGE", self.versions_key, 0, -1), [], 0)],
+        )
+        seen = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
         if not seen or seen[-1] != version:
-            self.client.rpush(key, version)
+            self._round(
+                "registering the model version in",
+                [Call(slot, ("RPUSH", self.versions_key, version), [], 0)],
+            )
         older = [v for v in seen if v != version]
         return older[-1] if older else None
 
     def record_key(self, key: str, version: str | None = None) -> str:
-        return f"{self.namespace}:{version or self.version}:{{{key}}}"
+        return f"{self.namespace}:{version or self.version}:{TAGS[bucket_of(key)]}:{key}"
+
+    # -- grouping keys into calls ----------------------------------------------------------
+    def _calls(self, keys: Sequence[str], limit: int) -> list[list[tuple[int, list[int]]]]:
+        """Keys grouped by bucket, the groups packed into calls of at most ``limit`` keys: one
+        bucket per call in a cluster (a call stays in one slot), several on one node."""
+        by_bucket: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_bucket.setdefault(bucket_of(k), []).append(i)
+        calls: list[list[tuple[int, list[int]]]] = []
+        size = limit  # keys in the last call (full: start a new one)
+        for b, idx in by_bucket.items():
+            for s in range(0, len(idx), limit):
+                part = idx[s : s + limit]
+                if self.nodes.cross_slot and size + len(part) <= limit:
+                    calls[-1].append((b, part))
+                    size += len(part)
+                else:
+                    calls.append([(b, part)])
+                    size = len(part)
+        return calls
+
+    def _slot(self, groups: list[tuple[int, list[int]]]) -> int:
+        return TAG_SLOT[groups[0][0]] if not self.nodes.cross_slot else -1
 
     # -- the two round trips -----------------------------------------------------------------
     def load(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -257,86 +384,206 @@ class RedisStateStore:
         if not keys:
             return []
         t0 = time.perf_counter()
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(self.epoch_key)
-            for s in range(0, len(keys), 4 * self.chunk):
-                pipe.mget([self.record_key(k) for k in keys[s : s + 4 * self.chunk]])
-            if self.previous_version:
-                for s in range(0, len(keys), 4 * self.chunk):
-                    part = keys[s : s + 4 * self.chunk]
-                    pipe.mget([self.record_key(k, self.previous_version) for k in part])
-            epoch, *replies = pipe.execute()
-        except redis.RedisError as e:
-            raise StateError(f"loading state from Redis at {self.url_shown} failed: {e}") from None
+        prev = self.previous_version
+        calls = []
+        for groups in self._calls(keys, 4 * self.chunk):
+            names = [self._epoch_key(b) for b, _ in groups]
+            idx = [i for _, part in groups for i in part]
+            names += [self.record_key(keys[i]) for i in idx]
+            if prev:
+                names += [self.record_key(keys[i], prev) for i in idx]
+            calls.append(Call(self._slot(groups), ("MGET", *names), groups, len(idx)))
+        replies = self._round("loading state from", calls)
         self._rtt("load", t0)
-        if epoch is None or epoch.decode() != self.epoch:
-            self._lost_epoch(epoch)
-        n_cur = (len(keys) + 4 * self.chunk - 1) // (4 * self.chunk)
-        cur = [v for part in replies[:n_cur] for v in part]
-        if self.previous_version:
-            prev = [v for part in replies[n_cur:] for v in part]
-            return [newer(c, p) for c, p in zip(cur, prev, strict=True)]
-        return cur
+        out: list[bytes | None] = [None] * len(keys)
+        lost: dict[int, object] = {}
+        for call, values in zip(calls, replies, strict=True):
+            ng, n = len(call.groups), call.nkeys
+            for (b, _), seen in zip(call.groups, values[:ng], strict=True):
+                if seen is None or seen.decode() != self.epochs[b]:
+                    lost[b] = seen
+            idx = [i for _, part in call.groups for i in part]
+            cur = values[ng : ng + n]
+            old = values[ng + n :] if prev else [None] * n
+            for i, c, p in zip(idx, cur, old, strict=True):
+                out[i] = newer(c, p)
+        if lost:
+            self._lost_epochs(lost)
+        return out
 
     def save(self, snap: Snapshot) -> SaveResult:
-        """Conditional delta writes in one pipelined round trip (``chunk`` keys per call).
+        """Conditional delta writes: one pipeline per node (``chunk`` keys per script call),
+        ended by ``WAIT`` when writes must reach replicas.
 
-        With no keys, only checks the epoch marker (an idle worker still notices a wipe)."""
+        With no keys, only checks the epoch markers (an idle worker still notices a wipe)."""
         result = SaveResult()
         keys = snap.keys
+        if not keys:
+            self._check_markers()
+            result.wiped = self._wiped
+            return result
         t0 = time.perf_counter()
         lay = snap.layout  # the snapshot's own (a model switch may have moved the store on)
-        common = (self.epoch, self.ttl_ms, lay.record_size, lay.fixed_size, lay.row_bytes)
-        bounds = list(range(0, len(keys), self.chunk))
-        for attempt in (1, 2):
-            try:
-                if not keys:
-                    seen = self.client.get(self.epoch_key)
-                    if not isinstance(seen, bytes) or seen.decode() != self.epoch:
-                        self._lost_epoch(seen)
-                        result.wiped = True
-                    return result
-                if self._sha is None:
-                    self._sha = self.client.script_load(WRITE_IF_NOT_OLDER)
-                pipe = self.client.pipeline(transaction=False)
-                names = [self.record_key(k, lay.version) for k in keys]
-                fixed_parts, new_rows = snap.blobs()
-                replies = []
-                for s in bounds:
-                    e = s + self.chunk
-                    args = [
-                        x
-                        for pair in zip(fixed_parts[s:e], new_rows[s:e], strict=True)
-                        for x in pair
-                    ]
-                    pipe.evalsha(
-                        self._sha, 1 + len(names[s:e]), self.epoch_key, *names[s:e], *common, *args
-                    )
-                    if len(pipe) * self.chunk >= MAX_KEYS_PER_ROUND_TRIP:
-                        replies += pipe.execute()  # bound the memory of huge cycles
-                replies += pipe.execute()
-                break
-            except redis.exceptions.NoScriptError:
-                self._sha = None  # Redis restarted and lost its script cache: load it again
-                if attempt == 2:
-                    raise StateError("Redis keeps losing the state-write script") from None
-            except redis.RedisError as e:
-                raise StateError(
-                    f"writing state to Redis at {self.url_shown} failed: {e}"
-                ) from None
+        fixed_parts, new_rows = snap.blobs()
+        calls = []
+        for groups in self._calls(keys, self.chunk):
+            names, counts, recs = [], [], []
+            for b, part in groups:
+                names.append(self._epoch_key(b))
+                names += [self.record_key(keys[i], lay.version) for i in part]
+                counts += [len(part), self.epochs[b]]
+                recs += [x for i in part for x in (fixed_parts[i], new_rows[i])]
+            args = (
+                "EVALSHA", WRITE_SHA, len(names), *names,
+                self.ttl_ms, lay.record_size, lay.fixed_size, lay.row_bytes, len(groups),
+                *counts, *recs,
+            )  # fmt: skip
+            calls.append(Call(self._slot(groups), args, groups, sum(len(p) for _, p in groups)))
+        replies = self._round("writing state to", calls, wait=self.min_replicas)
         self._rtt("save", t0)
-        for s, (written, refused, wiped) in zip(bounds, replies, strict=True):
+        lost: dict[int, object] = {}
+        for call, (written, refused, wiped) in zip(calls, replies, strict=True):
+            idx = [i for _, part in call.groups for i in part]
             result.written += int(written)
-            result.refused += [keys[s + int(i) - 1] for i in refused]
-            result.wiped = result.wiped or bool(wiped)
-        if result.wiped:
-            self._lost_epoch(None)
+            result.refused += [keys[idx[int(r) - 1]] for r in refused]
+            for g in wiped:
+                lost[call.groups[int(g) - 1][0]] = None
+        if lost:
+            result.wiped = True
+            self._lost_epochs(lost)
         return result
+
+    def _check_markers(self) -> None:
+        calls = [
+            Call(TAG_SLOT[b], ("GET", self._epoch_key(b)), [(b, [])], 0) for b in range(BUCKETS)
+        ]
+        if self.nodes.cross_slot:  # one MGET on one node
+            names = [self._epoch_key(b) for b in range(BUCKETS)]
+            calls = [Call(-1, ("MGET", *names), [], 0)]
+        replies = self._round("checking the epoch markers in", calls)
+        seen = replies[0] if self.nodes.cross_slot else replies
+        lost = {
+            b: v
+            for b, v in enumerate(seen)
+            if not isinstance(v, bytes) or v.decode() != self.epochs[b]
+        }
+        if lost:
+            self._lost_epochs(lost)
+
+    # -- one round: a pipeline per node, with redirections and retries ----------------------
+    def _round(self, what: str, calls: list[Call], *, wait: int = 0) -> list[Any]:
+        """Send ``calls`` (one pipeline per node, at most MAX_KEYS_PER_ROUND_TRIP keys each),
+        following ASK, retrying MOVED / TRYAGAIN / CLUSTERDOWN / READONLY / lost nodes after a
+        fresh slot map, up to ATTEMPTS times; a reply per call, in order. With ``wait`` > 0 each
+        pipeline ends with ``WAIT wait timeout``, and fewer acknowledgements fail its calls."""
+        replies: list[object] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        ask: dict[int, str] = {}  # call → the node an ASK redirection named
+        last: BaseException | None = None
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+                try:
+                    self.nodes.refresh()
+                except redis.RedisError as e:
+                    last = e
+                    continue
+            failed: list[int] = []
+            try:
+                by_node: dict[str, list[int]] = {}
+                for i in pending:
+                    slot = calls[i].slot
+                    addr = ask.get(i) or (self.nodes.node_of(slot) if slot >= 0 else SINGLE)
+                    if slot < 0 and self.nodes.mode == "cluster":
+                        addr = self.nodes.masters()[0]
+                    by_node.setdefault(addr, []).append(i)
+            except redis.RedisError as e:  # a slot nobody serves
+                last = e
+                continue
+            for addr, idx in by_node.items():
+                for part in _parts(idx, calls):
+                    again, err = self._send(addr, part, calls, replies, ask, wait)
+                    if err is not None:
+                        last = err
+                        failed += again
+            if not failed:
+                return replies
+            if isinstance(last, ReplicasMissing):
+                break  # replicas do not come back in a second: the caller retries, unready
+            pending = failed
+        assert last is not None
+        log.warning(
+            "%s Redis at %s: giving up after %d attempt(s)", what, self.url_shown, attempt + 1
+        )
+        raise StateError(
+            f"{what} Redis at {self.url_shown} failed: {type(last).__name__}: {last}"
+        ) from None
+
+    def _send(
+        self,
+        addr: str,
+        idx: list[int],
+        calls: list[Call],
+        replies: list[object],
+        ask: dict[int, str],
+        wait: int,
+    ) -> tuple[list[int], BaseException | None]:
+        """One pipeline to one node; fills ``replies``. Returns the calls to retry and why
+        (every call is idempotent: a write applied twice leaves the same record)."""
+        client = self.nodes.client(addr)
+        pipe = client.pipeline(transaction=False)
+        for i in idx:
+            if i in ask:
+                pipe.execute_command("ASKING")
+            pipe.execute_command(*calls[i].args)
+        if wait:
+            pipe.execute_command("WAIT", wait, self.wait_timeout_ms)
+        try:
+            out = pipe.execute(raise_on_error=False)
+        except redis.RedisError as e:
+            if not retryable(e):
+                raise StateError(
+                    f"Redis at {self.url_shown} ({addr}): {type(e).__name__}: {e}"
+                ) from None
+            client.connection_pool.disconnect()
+            return idx, e
+        if wait:
+            acked, out = out[-1], out[:-1]
+            if isinstance(acked, BaseException) or int(acked) < wait:
+                return idx, ReplicasMissing(
+                    f"WAIT: {acked} of {wait} replica(s) of {addr} acknowledged the writes "
+                    f"within {self.wait_timeout_ms} ms"
+                )
+        error: BaseException | None = None
+        failed: list[int] = []
+        pos = 0
+        for i in idx:
+            if i in ask:
+                pos += 1  # the ASKING reply
+            r = out[pos]
+            pos += 1
+            if isinstance(r, redis.exceptions.NoScriptError):
+                client.script_load(WRITE_IF_NOT_OLDER)  # a new master or a restarted node
+            elif isinstance(r, redis.exceptions.MovedError):
+                ask.pop(i, None)
+            elif isinstance(r, redis.exceptions.AskError):
+                ask[i] = f"{r.host}:{r.port}"
+            elif isinstance(r, BaseException):
+                if not retryable(r):
+                    raise StateError(
+                        f"Redis at {self.url_shown} ({addr}): {type(r).__name__}: {r}"
+                    ) from None
+            else:
+                ask.pop(i, None)
+                replies[i] = r
+                continue
+            error = r
+            failed.append(i)
+        return failed, error
 
     def ping(self) -> bool:
         try:
-            return bool(self.client.ping())
+            return all(bool(self.nodes.client(a).ping()) for a in self.nodes.masters())
         except redis.RedisError:
             return False
 
@@ -345,4 +592,27 @@ class RedisStateStore:
             self.on_rtt(op, time.perf_counter() - t0)
 
     def close(self) -> None:
-        self.client.close()
+        self.nodes.close()
+
+
+def _parts(idx: list[int], calls: list[Call]) -> list[list[int]]:
+    """``idx`` split so that one pipeline carries at most MAX_KEYS_PER_ROUND_TRIP keys."""
+    parts: list[list[int]] = [[]]
+    n = 0
+    for i in idx:
+        if parts[-1] and n + calls[i].nkeys > MAX_KEYS_PER_ROUND_TRIP:
+            parts.append([])
+            n = 0
+        parts[-1].append(i)
+        n += calls[i].nkeys
+    return parts
+
+
+def _slaves(info: object) -> int:
+    if isinstance(info, dict):
+        return int(info.get("connected_slaves", 0))
+    if isinstance(info, bytes):
+        for line in info.decode().splitlines():
+            if line.startswith("connected_slaves:"):
+                return int(line.split(":", 1)[1])
+    return 0

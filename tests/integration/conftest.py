@@ -5,6 +5,9 @@ running services, they are used as they are. Otherwise the project's stack code 
 free ports in a temporary directory and stops them (by PID) when the session ends.
 
 Each test gets its own topics (``topic_factory``) and consumer group (``group_id``).
+
+``redis_cluster`` (3 masters + 3 replicas) and ``redis_sentinel`` (master, replica, 3 sentinels)
+are started by the stack code on free ports once per session, when a test asks for them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from stream_lstm.config import default_cache_dir
 from stream_lstm.stack import Stack
 from stream_lstm.stack.procs import free_port
+from stream_lstm.stack.redis_cluster import (
+    ClusterSpec,
+    RedisCluster,
+    RedisSentinel,
+    SentinelSpec,
+    free_ports,
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,41 @@ def redis_client(services: Services) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(services.redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A local Redis Cluster (3 masters + 3 replicas, node timeout 2 s) on free ports, started
+    once per session. A test that kills or pauses a node brings it back (``start_node`` /
+    ``resume_node``, then ``wait_ok``) before it ends."""
+    ports = free_ports(12)  # 6 nodes and their cluster buses, all distinct
+    spec = ClusterSpec(
+        run_dir=tmp_path_factory.mktemp("redis-cluster"), ports=ports[:6], bus_ports=ports[6:]
+    )
+    cluster = RedisCluster(spec)
+    cluster.start(fresh=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop(grace_s=20)
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    """A local Sentinel set-up (master, replica, 3 sentinels, quorum 2, down after 1 s) on free
+    ports, started once per session; service name ``stream-lstm``."""
+    ports = free_ports(5)
+    spec = SentinelSpec(
+        run_dir=tmp_path_factory.mktemp("redis-sentinel"),
+        data_ports=ports[:2],
+        sentinel_ports=ports[2:],
+    )
+    sentinel = RedisSentinel(spec)
+    sentinel.start(fresh=True)
+    try:
+        yield sentinel
+    finally:
+        sentinel.stop(grace_s=20)
 
 
 # -- models for the streaming tests (trained once per session, small and quick) -------------------

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +28,7 @@ from stream_lstm.runtime.events import InMessage, decode_forecast
 from stream_lstm.stack.procs import free_port
 from stream_lstm.stores.memory import MemoryStore
 from stream_lstm.stores.record import decode_any
+from stream_lstm.stores.redis import RedisStateStore
 from stream_lstm.testing import MemorySink, ticks
 from tests.integration.conftest import unique
 from tests.integration.helpers import Topics
@@ -301,9 +301,10 @@ def three_checks(
     for tick in ticks(msgs, [4096]):
         ref.process(tick)
     ref.commit_cycle(lambda offsets: None)
-    r = redis.Redis.from_url(redis_url)
     keys = list(ref.cache.index)
-    stored = r.mget([f"{namespace}:{fc.version}:{{{k}}}" for k in keys])
+    reader = RedisStateStore(redis_url, namespace, layout_for(fc))  # any mode: node, cluster…
+    reader.connect()
+    stored = reader.load(keys)
     worst = 0.0
     for k, rec in zip(keys, stored, strict=True):
         assert rec is not None, f"(3) no state stored for {k}"
@@ -318,4 +319,4 @@ def three_checks(
         worst = max(worst, float(np.abs(got.h - want.h).max()), float(np.abs(got.c - want.c).max()))
     assert worst <= 1e-6, f"(3) final states differ from an uninterrupted run by {worst}"
     report.max_state_diff = worst
-    r.close()
+    reader.close()

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from stream_lstm.runtime.cache import StateCache
+from stream_lstm.stack.redis_cluster import RedisCluster
 from stream_lstm.stores.base import StateStore
 from stream_lstm.stores.memory import MemoryStore
 from stream_lstm.stores.record import Layout, apply_delta, decode_any
@@ -25,7 +26,7 @@ DB = 4  # a Redis database of its own: the wipe clause flushes it
 Backend = tuple[StateStore, Callable[[], None]]  # the store, and what wipes it
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Callable[[Layout], Backend]]:
     """A factory: a fresh store of this backend for a layout, and how to wipe it."""
     made: list[RedisStateStore] = []
@@ -37,22 +38,32 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Callable[[Layout], Backe
 
         yield memory
         return
-    services: Services = request.getfixturevalue("services")
-    url = services.redis_url.rsplit("/", 1)[0] + f"/{DB}"
-    client = redis.Redis.from_url(url)
     ns = unique("contract")
+    if request.param == "redis-cluster":  # the wipe: every master flushed (replicas follow)
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        url = cluster.spec.url
+        clients = [cluster.client(m.port) for m in cluster.masters()]
+    else:
+        services: Services = request.getfixturevalue("services")
+        url = services.redis_url.rsplit("/", 1)[0] + f"/{DB}"
+        clients = [redis.Redis.from_url(url)]
+
+    def wipe() -> None:
+        for c in clients:
+            c.flushdb()
 
     def real(layout: Layout) -> Backend:
         store = RedisStateStore(url, ns, layout, ttl_ms=60_000, chunk=2)
         store.connect()
         made.append(store)
-        return store, client.flushdb
+        return store, wipe
 
     yield real
     for s in made:
         s.close()
-    client.flushdb()
-    client.close()
+    wipe()
+    for c in clients:
+        c.close()
 
 
 def cache(layout: Layout, keys: list[str]) -> tuple[StateCache, np.ndarray]:
