@@ -220,23 +220,33 @@ def _wait_split(a: WorkerProc, b: WorkerProc, partitions: int = 4, timeout: floa
     raise AssertionError("the partitions were not split between the two workers")
 
 
+@pytest.mark.parametrize("redis_mode", ["node", "cluster"])
 def test_zombie_does_not_overwrite_newer_state_or_commit_stale_offsets(
-    services: Services, topic_factory: Callable[..., str], synth_model: Path, tmp_path: Path
+    redis_mode: str,
+    request: pytest.FixtureRequest,
+    services: Services,
+    topic_factory: Callable[..., str],
+    synth_model: Path,
+    tmp_path: Path,
 ) -> None:
-    """SIGSTOP a worker past its session timeout; its partitions move; SIGCONT it."""
+    """SIGSTOP a worker past its session timeout; its partitions move; SIGCONT it. On one Redis
+    node and on the local Redis Cluster (the conditional write refuses the older offset there
+    too)."""
+    redis_url = services.redis_url
+    if redis_mode == "cluster":
+        redis_url = request.getfixturevalue("redis_cluster").spec.url
     events = keyed_events(keys=400, rows=60, seed=23)
     n = len(events)
     topics = make_topics(topic_factory, partitions=4)
     group = unique("g")
     report = FaultReport(
-        "zombie (SIGSTOP past the session timeout)", events=n, keys=400, partitions=4
+        f"zombie (SIGSTOP past the session timeout), Redis {redis_mode}",
+        events=n,
+        keys=400,
+        partitions=4,
     )
-    a = WorkerProc(
-        synth_model, services.bootstrap, services.redis_url, topics, group, tmp_path
-    ).start()
-    b = WorkerProc(
-        synth_model, services.bootstrap, services.redis_url, topics, group, tmp_path
-    ).start()
+    a = WorkerProc(synth_model, services.bootstrap, redis_url, topics, group, tmp_path).start()
+    b = WorkerProc(synth_model, services.bootstrap, redis_url, topics, group, tmp_path).start()
     _wait_split(a, b)
     producer = PacedProducer(services.bootstrap, topics.input, events, rate=1500)
     a.wait_up()
@@ -268,9 +278,7 @@ def test_zombie_does_not_overwrite_newer_state_or_commit_stale_offsets(
         line for line in log.splitlines() if "refused" in line or "lost" in line
     ][:5]
     assert "lost" in log or "refused" in log, "the zombie noticed it had lost its partitions"
-    three_checks(
-        report, synth_model, services.bootstrap, services.redis_url, f"slstm:{group}", topics, n
-    )
+    three_checks(report, synth_model, services.bootstrap, redis_url, f"slstm:{group}", topics, n)
     report.write()
 
 

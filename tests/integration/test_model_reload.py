@@ -31,9 +31,13 @@ def point_link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-@pytest.mark.parametrize("runtime", ["confluent", "faust"])
+@pytest.mark.parametrize(
+    ("runtime", "redis_mode"), [("confluent", "node"), ("faust", "node"), ("confluent", "cluster")]
+)
 def test_hot_switch_loses_nothing_and_rebuilds_state(
     runtime: str,
+    redis_mode: str,
+    request: pytest.FixtureRequest,
     services: Services,
     topic_factory: Callable[..., str],
     group_id: str,
@@ -51,7 +55,12 @@ def test_hot_switch_loses_nothing_and_rebuilds_state(
     link = tmp_path / "current"
     point_link(link, synth_model)
     produce(services.bootstrap, topics.input, events[:half])
-    with worker(runtime, link, services, topics, group_id, tmp_path, "--model-poll-s", "0.3") as w:
+    on = []  # the state on the session's local Redis Cluster, or on the one node
+    if redis_mode == "cluster":
+        on = ["--redis", request.getfixturevalue("redis_cluster").spec.url]
+    with worker(
+        runtime, link, services, topics, group_id, tmp_path, "--model-poll-s", "0.3", *on
+    ) as w:
         wait_forecasts(w, half, 120, "forecasts by the first model")
         # a directory that is not (yet) an artifact: refused, counted, the model stays
         broken = tmp_path / "half-copied"

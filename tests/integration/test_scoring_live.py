@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
+import pytest
 
 from stream_lstm.data.loading import load_frame
 from stream_lstm.runtime.events import decode_forecast, parse_ts
@@ -25,7 +26,10 @@ from tests.integration.helpers import (
 from tests.integration.test_worker import SYNTH, events_of
 
 
+@pytest.mark.parametrize("redis_mode", ["node", "cluster"])
 def test_live_scores_and_alerts_on_the_real_stack(
+    redis_mode: str,
+    request: pytest.FixtureRequest,
     services: Services,
     topic_factory: Callable[..., str],
     group_id: str,
@@ -43,8 +47,11 @@ def test_live_scores_and_alerts_on_the_real_stack(
     topics = make_topics(topic_factory, partitions=2)
     alerts_topic = topic_factory("alerts", partitions=1)
     produce(services.bootstrap, topics.input, events)
+    redis_url = services.redis_url  # or the session's local Redis Cluster
+    if redis_mode == "cluster":
+        redis_url = request.getfixturevalue("redis_cluster").spec.url
     s = settings(
-        synth_model, services.bootstrap, services.redis_url, topics, group_id,
+        synth_model, services.bootstrap, redis_url, topics, group_id,
         alerts_topic=alerts_topic, score_steps="1,3,6", alert_sigma=6.0,
     )  # fmt: skip
     with running_worker(s) as w:
