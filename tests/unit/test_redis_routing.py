@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
+import redis
 from redis.crc import key_slot
 
-from stream_lstm.errors import ConfigError
+from stream_lstm.errors import ConfigError, StateError
 from stream_lstm.stores.record import Layout
-from stream_lstm.stores.redis import BUCKETS, TAG_SLOT, RedisStateStore, bucket_of
+from stream_lstm.stores.redis import (
+    ATTEMPTS,
+    BUCKETS,
+    TAG_SLOT,
+    Call,
+    RedisStateStore,
+    bucket_of,
+)
 from stream_lstm.stores.redis_nodes import ClusterNodes, Nodes, SentinelNodes, open_nodes
 
 LAY = Layout("v1v1v1v1v1v1", 2, 4, 5, 3)
@@ -96,3 +108,114 @@ def test_calls_stay_in_one_bucket_on_a_cluster_and_are_packed_on_one_node() -> N
     for call in calls:
         ((b, part),) = call
         assert {bucket_of(keys[i]) for i in part} == {b}
+
+
+# -- one round: redirections and retries, against scripted nodes (no network) ---------------
+class FakePipe:
+    def __init__(self, node: FakeNode) -> None:
+        self.node, self.cmds = node, []  # type: ignore[var-annotated]
+
+    def execute_command(self, *args: object) -> None:
+        self.cmds.append(args)
+
+    def execute(self, raise_on_error: bool = True) -> list[object]:
+        self.node.sent.append(self.cmds)
+        return [self.node.answer(c) for c in self.cmds]
+
+
+class FakeNode:
+    def __init__(self, answer: Callable[[tuple[object, ...]], object]) -> None:
+        self.answer, self.sent = answer, []  # type: ignore[var-annotated]
+        self.connection_pool = SimpleNamespace(disconnect=lambda: None)
+
+    def pipeline(self, transaction: bool = False) -> FakePipe:
+        return FakePipe(self)
+
+    def script_load(self, script: str) -> str:
+        self.sent.append([("SCRIPT LOAD",)])
+        return "sha"
+
+
+class FakeNodes(ClusterNodes):
+    def __init__(self, nodes: dict[str, FakeNode], owner: Callable[[int], str]) -> None:
+        super().__init__(seeds=[], base=None, shown="fake")  # type: ignore[arg-type]
+        self.fakes, self.owner, self.refreshes = nodes, owner, 0
+
+    def client(self, addr: str) -> Any:
+        return self.fakes[addr]
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+
+    def node_of(self, slot: int) -> str:
+        return self.owner(slot)
+
+    def masters(self) -> list[str]:
+        return sorted(self.fakes)
+
+
+def store_on(nodes: FakeNodes) -> RedisStateStore:
+    s = RedisStateStore("redis://h1:1,h2:2/0", "ns", LAY)
+    s.nodes = nodes
+    return s
+
+
+def test_moved_refreshes_the_slot_map_and_retries_on_the_new_owner() -> None:
+    moved = {"done": False}
+    a = FakeNode(lambda c: redis.exceptions.MovedError("3999 b:2"))
+    b = FakeNode(lambda c: b"ok")
+    nodes = FakeNodes({"a:1": a, "b:2": b}, lambda slot: "b:2" if moved["done"] else "a:1")
+
+    def refresh() -> None:
+        moved["done"] = True
+
+    nodes.refresh = refresh  # type: ignore[method-assign]
+    got = store_on(nodes)._round("t", [Call(5, ("GET", "x"), [], 1)])
+    assert got == [b"ok"] and len(a.sent) == 1 and len(b.sent) == 1
+
+
+def test_ask_goes_to_the_named_node_with_asking_then_back_to_the_owner() -> None:
+    a = FakeNode(lambda c: redis.exceptions.AskError("3999 b:2"))
+    b = FakeNode(lambda c: "OK" if c[0] == "ASKING" else b"v")
+    got = store_on(FakeNodes({"a:1": a, "b:2": b}, lambda slot: "a:1"))._round(
+        "t", [Call(5, ("GET", "x"), [], 1)]
+    )
+    assert got == [b"v"]
+    assert b.sent == [[("ASKING",), ("GET", "x")]]
+
+
+def test_only_the_failed_calls_are_retried_and_tryagain_is_bounded() -> None:
+    a = FakeNode(lambda c: redis.exceptions.TryAgainError("TRYAGAIN") if c[1] == "bad" else b"1")
+    store = store_on(FakeNodes({"a:1": a}, lambda slot: "a:1"))
+    with pytest.raises(StateError, match="TryAgainError"):
+        store._round("t", [Call(1, ("GET", "good"), [], 1), Call(1, ("GET", "bad"), [], 1)])
+    assert a.sent[0] == [("GET", "good"), ("GET", "bad")]
+    assert all(cmds == [("GET", "bad")] for cmds in a.sent[1:]) and len(a.sent) == ATTEMPTS
+
+
+def test_a_missing_replica_fails_the_write_at_once_and_an_unknown_error_is_not_retried() -> None:
+    a = FakeNode(lambda c: 0 if c[0] == "WAIT" else [1, [], []])
+    store = store_on(FakeNodes({"a:1": a}, lambda slot: "a:1"))
+    with pytest.raises(StateError, match="0 of 1 replica"):
+        store._round("t", [Call(1, ("EVALSHA", "x"), [], 1)], wait=1)
+    assert len(a.sent) == 1 and a.sent[0][-1][0] == "WAIT"
+    oom = FakeNode(lambda c: redis.exceptions.OutOfMemoryError("OOM command not allowed"))
+    with pytest.raises(StateError, match="OOM"):
+        store_on(FakeNodes({"a:1": oom}, lambda slot: "a:1"))._round(
+            "t", [Call(1, ("GET", "x"), [], 1)]
+        )
+    assert len(oom.sent) == 1
+
+
+def test_noscript_on_a_promoted_replica_loads_the_script_there_and_retries() -> None:
+    calls = {"n": 0}
+
+    def answer(c: tuple[object, ...]) -> object:
+        calls["n"] += 1
+        return redis.exceptions.NoScriptError("NOSCRIPT") if calls["n"] == 1 else [1, [], []]
+
+    a = FakeNode(answer)
+    got = store_on(FakeNodes({"a:1": a}, lambda slot: "a:1"))._round(
+        "t", [Call(1, ("EVALSHA", "x"), [], 1)]
+    )
+    assert got == [[1, [], []]] and ("SCRIPT LOAD",) in a.sent[1]
