@@ -28,6 +28,7 @@ COMMANDS = [
     "replay",
     "tail",
     "topics",
+    "migrate_state",
     "dashboard",
     "bench",
     "stack",
