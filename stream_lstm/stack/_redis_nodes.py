@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psutil
 import redis
@@ -54,6 +55,69 @@ def quote_conf(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """TLS for local nodes: their certificate and key (served to clients, and presented as the
+    client certificate on the replication links, the cluster bus and the sentinels' links) and
+    the CA that signed them (what every node and client trusts). With TLS a node serves
+    ``tls-port`` only (``port 0``)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    auth_clients: bool = True  # tls-auth-clients: clients must show a certificate the CA signed
+
+    def conf(self) -> list[str]:
+        """The redis.conf lines (certificate files by absolute path)."""
+        return [
+            f"tls-cert-file {quote_conf(str(Path(self.cert).absolute()))}",
+            f"tls-key-file {quote_conf(str(Path(self.key).absolute()))}",
+            f"tls-ca-cert-file {quote_conf(str(Path(self.ca).absolute()))}",
+            f"tls-auth-clients {'yes' if self.auth_clients else 'no'}",
+        ]
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """redis-py connection settings for these files."""
+        return {
+            "ssl": True,
+            "ssl_certfile": str(self.cert),
+            "ssl_keyfile": str(self.key),
+            "ssl_ca_certs": str(self.ca),
+            "ssl_cert_reqs": "required",
+        }
+
+    def cli_args(self) -> list[str]:
+        """``redis-cli`` flags for these files."""
+        return ["--tls", "--cacert", str(self.ca), "--cert", str(self.cert), "--key", str(self.key)]
+
+    def url_query(self) -> str:
+        """``ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…``: the query of a ``rediss://`` URL."""
+        return urlencode(
+            {"ssl_ca_certs": self.ca, "ssl_certfile": self.cert, "ssl_keyfile": self.key},
+            safe="/",
+        )
+
+    def record(self) -> dict[str, object]:
+        """A JSON-able form (paths, no secrets), read back by :meth:`from_record`."""
+        return {
+            "cert": str(self.cert),
+            "key": str(self.key),
+            "ca": str(self.ca),
+            "auth_clients": self.auth_clients,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Any) -> TlsFiles | None:
+        if rec is None:
+            return None
+        return cls(
+            cert=Path(rec["cert"]),
+            key=Path(rec["key"]),
+            ca=Path(rec["ca"]),
+            auth_clients=bool(rec.get("auth_clients", True)),
+        )
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """One node as the cluster (or Sentinel set-up) sees it now."""
 
@@ -86,11 +150,19 @@ class RedisNodes:
     what = "Redis node"  # in error messages
     flag = "the port settings"  # what changes a busy port, in error messages
 
-    def __init__(self, run_dir: Path, host: str, password: str | None, ports: Sequence[int]):
+    def __init__(
+        self,
+        run_dir: Path,
+        host: str,
+        password: str | None,
+        ports: Sequence[int],
+        tls: TlsFiles | None = None,
+    ):
         self._run_dir = run_dir
         self._host = host
         self._password = password
         self._ports = tuple(ports)
+        self._tls = tls
 
     # -- paths ---------------------------------------------------------------------------------
     def node_dir(self, port: int) -> Path:
@@ -142,9 +214,11 @@ class RedisNodes:
 
     def _common_conf(self, port: int) -> list[str]:
         d = self.node_dir(port).absolute()
+        listen = [f"port {port}"] if self._tls is None else ["port 0", f"tls-port {port}"]
         return [
             f"bind {self._host}",
-            f"port {port}",
+            *listen,
+            *(self._tls.conf() if self._tls else []),
             f"dir {quote_conf(str(d))}",
             "daemonize no",
             f"logfile {quote_conf(str(d / 'redis.log'))}",
@@ -261,21 +335,25 @@ class RedisNodes:
         return bool(live)
 
     # -- clients -------------------------------------------------------------------------------
+    def _client_kwargs(self, port: int) -> dict[str, Any]:
+        """Connection settings for one node: host, port, password and TLS files when set."""
+        kw: dict[str, Any] = {
+            "host": self._host,
+            "port": port,
+            "password": self._password_for(port),
+        }
+        if self._tls is not None:
+            kw.update(self._tls.client_kwargs())
+        return kw
+
     def client(self, port: int) -> redis.Redis:
-        """A plain client to one node (password applied; bytes replies, like RedisServer's)."""
-        return redis.Redis(
-            host=self._host,
-            port=port,
-            password=self._password_for(port),
-            socket_timeout=2,
-            socket_connect_timeout=2,
-        )
+        """A plain client to one node (password and TLS applied; bytes replies, like
+        RedisServer's)."""
+        return redis.Redis(**self._client_kwargs(port), socket_timeout=2, socket_connect_timeout=2)
 
     def _text_client(self, port: int, timeout: float = 1.0) -> redis.Redis:
         return redis.Redis(
-            host=self._host,
-            port=port,
-            password=self._password_for(port),
+            **self._client_kwargs(port),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             decode_responses=True,

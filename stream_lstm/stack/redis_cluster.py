@@ -6,7 +6,10 @@ append-only files, ``redis.log``, ``redis.out`` and ``redis.pid``); see
 :mod:`stream_lstm.stack._redis_nodes` for that plumbing and how PIDs are recognised.
 
 The cluster is formed with ``redis-cli --cluster create … --cluster-replicas N --cluster-yes``
-(the password, when set, goes through ``REDISCLI_AUTH``, never the command line). Used by the
+(the password, when set, goes through ``REDISCLI_AUTH``, never the command line). With
+``tls`` (:class:`TlsFiles`) every node serves TLS only (``port 0``, ``tls-port``), the cluster
+bus and the replication links use TLS too (``tls-cluster yes``, ``tls-replication yes``), and
+``redis-cli`` and this module's own clients connect with the same certificate files. Used by the
 integration tests (fault tests kill, pause and restart single nodes), the benchmarks and
 ``stream-lstm stack up --redis-cluster``.
 
@@ -32,6 +35,7 @@ from stream_lstm.stack._redis_nodes import (
     APPENDFSYNC,
     NodeStatus,
     RedisNodes,
+    TlsFiles,
     free_ports,
     parse_info,
     quote_conf,
@@ -46,6 +50,7 @@ __all__ = [
     "RedisCluster",
     "RedisSentinel",
     "SentinelSpec",
+    "TlsFiles",
     "free_ports",
     "redis_cli",
 ]
@@ -96,6 +101,7 @@ class ClusterSpec:
     appendfsync: str = "everysec"
     ready_timeout_s: float = 60.0
     bus_ports: tuple[int, ...] = ()  # cluster-port of each node; () = port + 10000
+    tls: TlsFiles | None = None  # serve TLS only, with TLS on the cluster bus and replication
 
     def __post_init__(self) -> None:
         ports = tuple(self.ports)
@@ -152,8 +158,12 @@ class ClusterSpec:
 
     @property
     def url(self) -> str:
-        """``redis://host:p1,host:p2,host:p3/0``: the created masters as seed nodes, no password."""
-        return "redis://" + ",".join(f"{self.host}:{p}" for p in self.master_ports) + "/0"
+        """``redis://host:p1,host:p2,host:p3/0``: the created masters as seed nodes, no password
+        (with TLS: ``rediss://…/0?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…``)."""
+        seeds = ",".join(f"{self.host}:{p}" for p in self.master_ports)
+        if self.tls is None:
+            return f"redis://{seeds}/0"
+        return f"rediss://{seeds}/0?{self.tls.url_query()}"
 
 
 @dataclass(frozen=True)
@@ -221,7 +231,7 @@ class RedisCluster(RedisNodes):
     flag = "--redis-cluster-port"
 
     def __init__(self, spec: ClusterSpec) -> None:
-        super().__init__(spec.run_dir, spec.host, spec.password, spec.ports)
+        super().__init__(spec.run_dir, spec.host, spec.password, spec.ports, spec.tls)
         self.spec = spec
 
     @classmethod
@@ -237,6 +247,7 @@ class RedisCluster(RedisNodes):
                 replicas=int(rec["replicas"]),
                 bus_ports=tuple(int(p) for p in rec["bus_ports"]),
                 password=password,
+                tls=TlsFiles.from_record(rec.get("tls")),
             )
         except (OSError, ValueError, KeyError, TypeError, StackError):
             return None
@@ -249,6 +260,7 @@ class RedisCluster(RedisNodes):
             "ports": list(s.ports),
             "replicas": s.replicas,
             "bus_ports": list(s.cluster_bus_ports),
+            "tls": s.tls.record() if s.tls else None,
         }
         (s.run_dir / "cluster.json").write_text(json.dumps(rec) + "\n")
 
@@ -267,6 +279,8 @@ class RedisCluster(RedisNodes):
             f"cluster-port {s.bus_port(port)}",
             "cluster-require-full-coverage no",
         ]
+        if s.tls:
+            lines += ["tls-cluster yes", "tls-replication yes"]
         if s.password:
             lines += [
                 f"requirepass {quote_conf(s.password)}",
@@ -341,6 +355,7 @@ class RedisCluster(RedisNodes):
             "--cluster-replicas",
             str(s.replicas),
             "--cluster-yes",
+            *(s.tls.cli_args() if s.tls else []),
         ]
         env = dict(os.environ)
         env.pop("REDISCLI_AUTH", None)

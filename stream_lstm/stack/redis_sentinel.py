@@ -6,9 +6,14 @@ The sentinels and, on a failover, the data nodes rewrite their own config files 
 REWRITE``), so a node restarted with :meth:`RedisSentinel.start_node` comes back in the role the
 sentinels last gave it (a killed ex-master is turned into a replica of the promoted one).
 
-The sentinels themselves take no password (clients reach them without one); the data nodes
-take ``password`` (``requirepass`` and ``masterauth``) and the sentinels are told it with
-``sentinel auth-pass``.
+The data nodes take ``password`` (``requirepass`` and ``masterauth``) and the sentinels are
+told it with ``sentinel auth-pass``. The sentinels take ``sentinel_password`` of their own
+(``requirepass`` in sentinel.conf, which a sentinel also uses to reach the other sentinels);
+without it clients reach them without one (the store's ``?sentinel_password=``).
+
+With ``tls`` (:class:`TlsFiles`) every process, data node and sentinel alike, serves TLS only
+(``port 0``, ``tls-port``) and talks TLS to the others (``tls-replication yes``), so one
+``rediss+sentinel://`` URL with the same certificate files reaches all of them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from typing import Any
 
 from stream_lstm.errors import StackError
 from stream_lstm.stack import procs
-from stream_lstm.stack._redis_nodes import APPENDFSYNC, NodeStatus, RedisNodes, quote_conf
+from stream_lstm.stack._redis_nodes import (
+    APPENDFSYNC,
+    NodeStatus,
+    RedisNodes,
+    TlsFiles,
+    quote_conf,
+)
 from stream_lstm.stack.redis import ensure_redis_server
 
 __all__ = ["RedisSentinel", "SentinelSpec"]
@@ -40,12 +51,14 @@ class SentinelSpec:
     sentinel_ports: tuple[int, ...]
     host: str = "127.0.0.1"
     service: str = "stream-lstm"  # the name the sentinels monitor the master under
-    password: str | None = field(default=None, repr=False)  # data nodes only
+    password: str | None = field(default=None, repr=False)  # data nodes (requirepass, auth-pass)
     quorum: int = 2
     down_after_ms: int = 1000  # sentinel down-after-milliseconds
     failover_timeout_ms: int = 5000  # sentinel failover-timeout
     appendfsync: str = "everysec"
     ready_timeout_s: float = 60.0
+    sentinel_password: str | None = field(default=None, repr=False)  # the sentinels' requirepass
+    tls: TlsFiles | None = None  # every process serves TLS only and links to the others over TLS
 
     def __post_init__(self) -> None:
         if len(self.data_ports) < 2:
@@ -83,9 +96,12 @@ class SentinelSpec:
 
     @property
     def url(self) -> str:
-        """``redis+sentinel://host:s1,host:s2,host:s3/<service>`` (no password)."""
+        """``redis+sentinel://host:s1,host:s2,host:s3/<service>`` (no password; with TLS
+        ``rediss+sentinel://…/<service>?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…``)."""
         nodes = ",".join(f"{self.host}:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{nodes}/{self.service}"
+        if self.tls is None:
+            return f"redis+sentinel://{nodes}/{self.service}"
+        return f"rediss+sentinel://{nodes}/{self.service}?{self.tls.url_query()}"
 
 
 class RedisSentinel(RedisNodes):
@@ -98,7 +114,11 @@ class RedisSentinel(RedisNodes):
 
     def __init__(self, spec: SentinelSpec) -> None:
         super().__init__(
-            spec.run_dir, spec.host, spec.password, (*spec.data_ports, *spec.sentinel_ports)
+            spec.run_dir,
+            spec.host,
+            spec.password,
+            (*spec.data_ports, *spec.sentinel_ports),
+            spec.tls,
         )
         self.spec = spec
         self._extra_args: dict[int, list[str]] = {}
@@ -116,7 +136,9 @@ class RedisSentinel(RedisNodes):
         return tuple(self.spec.sentinel_ports)
 
     def _password_for(self, port: int) -> str | None:
-        return None if port in self.spec.sentinel_ports else self.spec.password
+        if port in self.spec.sentinel_ports:
+            return self.spec.sentinel_password
+        return self.spec.password
 
     def _argv(self, port: int, binary: str) -> list[str]:
         argv = [*super()._argv(port, binary), *self._extra_args.get(port, [])]
@@ -125,6 +147,8 @@ class RedisSentinel(RedisNodes):
     def _node_conf(self, port: int) -> list[str]:
         s = self.spec
         lines = self._common_conf(port)
+        if s.tls:
+            lines.append("tls-replication yes")  # data nodes: replication; sentinels: every link
         master = s.data_ports[0]
         if port in s.sentinel_ports:
             svc = s.service
@@ -136,6 +160,9 @@ class RedisSentinel(RedisNodes):
             ]
             if s.password:
                 lines.append(f"sentinel auth-pass {svc} {quote_conf(s.password)}")
+            if s.sentinel_password:
+                # clients must authenticate; the sentinels use it with each other too
+                lines.append(f"requirepass {quote_conf(s.sentinel_password)}")
             return lines
         lines += [
             "appendonly yes",

@@ -23,9 +23,11 @@ The contract:
    are listed in :attr:`SaveResult.refused`; the others are written. A worker that lost its
    partitions (a zombie) therefore cannot overwrite state that the new owner has advanced.
 4. **Wipes are noticed.** A store that lost its data under a running worker (Redis FLUSHDB, a
-   restart without persistence) says so once: a ``save`` that finds it writes nothing and
-   returns ``wiped=True``, and the next :meth:`StateStore.wiped` call (also after a ``load`` that
-   found it) returns True. The runtime then rewrites every key it holds in full.
+   restart without persistence, one cluster shard lost with its replicas) says so once: a
+   ``save`` that finds it writes nothing where the data was lost (the Redis store: nothing in
+   the key buckets whose epoch marker is gone) and returns ``wiped=True``, and the next
+   :meth:`StateStore.wiped` call (also after a ``load`` that found it) returns True. The runtime
+   then rewrites every key it holds in full.
 5. **Errors.** A store that cannot be reached raises :class:`stream_lstm.errors.StateError`;
    nothing is half-applied from the caller's point of view beyond the per-key atomicity above,
    and the caller retries the whole call.

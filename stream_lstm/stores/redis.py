@@ -188,6 +188,8 @@ class RedisStateStore:
             raise ConfigError(
                 f"--namespace {namespace!r}: braces are reserved for the Redis Cluster hash tag"
             )
+        # a pipeline ending in WAIT must not time out on the socket before WAIT answers
+        socket_timeout_s = max(socket_timeout_s, wait_timeout_s + 2.0)
         self.nodes: Nodes = open_nodes(url, socket_timeout_s)
         self.url_shown = self.nodes.shown
         self._has_password = url_has_credentials(url)
