@@ -45,10 +45,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.sentinel
 from redis.crc import key_slot
 
 from stream_lstm.errors import ConfigError, StateError
-from stream_lstm.redact import url_has_credentials
 from stream_lstm.stores.base import SaveResult, newer
 from stream_lstm.stores.record import (
     HEADER,
@@ -60,7 +60,14 @@ from stream_lstm.stores.record import (
     Layout,
     Snapshot,
 )
-from stream_lstm.stores.redis_nodes import SINGLE, Nodes, open_nodes, resolve, retryable
+from stream_lstm.stores.redis_nodes import (
+    SINGLE,
+    Nodes,
+    data_credentials,
+    open_nodes,
+    resolve,
+    retryable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +199,7 @@ class RedisStateStore:
         socket_timeout_s = max(socket_timeout_s, wait_timeout_s + 2.0)
         self.nodes: Nodes = open_nodes(url, socket_timeout_s)
         self.url_shown = self.nodes.shown
-        self._has_password = url_has_credentials(url)
+        self._has_password = data_credentials(url)
         self.namespace = namespace
         self.layout = layout
         self.version = layout.version
@@ -231,6 +238,18 @@ class RedisStateStore:
                     "knows (e.g. password, username, db, ssl_cert_reqs, health_check_interval); "
                     "parameter names are case-sensitive"
                 ) from None
+            except redis.sentinel.MasterNotFoundError as e:
+                if any(w in str(e) for w in ("AuthenticationError", "NOAUTH", "WRONGPASS")):
+                    raise StateError(
+                        f"the Sentinels of {self.url_shown} refused the credentials: give "
+                        "theirs as ?sentinel_password=… (and ?sentinel_username=…) in the URL"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    hint = "" if retry_s else " (set --redis-connect-timeout to wait for it)"
+                    raise StateError(
+                        f"no Sentinel of {self.url_shown} names a master for its service: "
+                        f"{str(e)[:300]}{hint}"
+                    ) from None
             except (redis.AuthenticationError, redis.ResponseError) as e:
                 auth = isinstance(e, redis.AuthenticationError) or any(
                     w in str(e) for w in ("NOAUTH", "WRONGPASS", "NOPERM")

@@ -223,7 +223,13 @@ class ClusterNodes(Nodes):
         return sorted(self.replica_count)
 
     def replicas(self) -> int:
-        return min(self.replica_count.values(), default=0)
+        """The fewest replicas linked to any master (``INFO replication``: ``CLUSTER SLOTS`` of
+        Redis 7.0 leaves out a replica that has not replicated any write yet)."""
+        counts = [
+            int(self.client(a).info("replication").get("connected_slaves", 0))
+            for a in self.masters()
+        ]
+        return min(counts, default=0)
 
     def describe(self) -> str:
         return f"{self.shown} (cluster of {len(self.replica_count)} masters)"
@@ -322,6 +328,15 @@ def _sentinel(parts: Any, shown: str, socket_timeout_s: float) -> SentinelNodes:
     except (ValueError, TypeError) as e:
         raise _fix_url_error(shown, e) from None
     return SentinelNodes(sentinel, service, client, shown)
+
+
+def data_credentials(url: str) -> bool:
+    """Whether ``url`` gives the data nodes a user or password (userinfo, or ``password=`` /
+    ``username=`` in the query) — not the TLS files or the Sentinels' own password."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    query = dict(parse_qsl(parts.query))
+    return bool(userinfo) or bool(query.get("password") or query.get("username"))
 
 
 def retryable(e: BaseException) -> bool:

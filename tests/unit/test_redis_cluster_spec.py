@@ -18,6 +18,7 @@ from stream_lstm.stack.redis_cluster import (
     RedisCluster,
     RedisSentinel,
     SentinelSpec,
+    TlsFiles,
     free_ports,
     parse_cluster_nodes,
     parse_info,
@@ -95,6 +96,57 @@ def test_cluster_node_config(tmp_path: Path) -> None:
     assert "requirepass" not in conf_of(
         RedisCluster(ClusterSpec(run_dir=tmp_path, ports=PORTS))._node_conf(7000)
     )
+
+
+def tls_files(d: Path, auth_clients: bool = True) -> TlsFiles:
+    return TlsFiles(cert=d / "n.crt", key=d / "n.key", ca=d / "ca.crt", auth_clients=auth_clients)
+
+
+def test_cluster_with_tls_serves_tls_only_and_links_over_tls(tmp_path: Path) -> None:
+    tls = tls_files(tmp_path)
+    spec = ClusterSpec(run_dir=tmp_path, ports=PORTS, password="pw", tls=tls)
+    c = RedisCluster(spec)
+    lines = c._node_conf(7001)
+    conf = conf_of(lines)
+    assert conf["port"] == "0" and conf["tls-port"] == "7001"
+    assert conf["tls-cert-file"] == quote_conf(str((tmp_path / "n.crt").absolute()))
+    assert conf["tls-key-file"] == quote_conf(str((tmp_path / "n.key").absolute()))
+    assert conf["tls-ca-cert-file"] == quote_conf(str((tmp_path / "ca.crt").absolute()))
+    assert conf["tls-auth-clients"] == "yes"
+    assert conf["tls-cluster"] == conf["tls-replication"] == "yes"
+    assert conf["cluster-port"] == "17001" and conf["requirepass"] == '"pw"'
+    assert sum(line.startswith("port ") for line in lines) == 1
+    query = f"ssl_ca_certs={tmp_path}/ca.crt&ssl_certfile={tmp_path}/n.crt"
+    query += f"&ssl_keyfile={tmp_path}/n.key"
+    assert spec.url == f"rediss://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/0?{query}"
+    assert tls.url_query() == query
+    assert tls.cli_args() == [
+        "--tls", "--cacert", str(tmp_path / "ca.crt"),
+        "--cert", str(tmp_path / "n.crt"), "--key", str(tmp_path / "n.key"),
+    ]  # fmt: skip
+    kw = c.client(7001).connection_pool.connection_kwargs
+    assert (kw["ssl_ca_certs"], kw["ssl_certfile"], kw["ssl_keyfile"], kw["password"]) == (
+        str(tmp_path / "ca.crt"), str(tmp_path / "n.crt"), str(tmp_path / "n.key"), "pw",
+    )  # fmt: skip
+    assert kw["ssl_cert_reqs"] == "required" and kw["port"] == 7001
+    assert c.client(7001).connection_pool.connection_class.__name__ == "SSLConnection"
+    no_client_certs = ClusterSpec(
+        run_dir=tmp_path, ports=PORTS, tls=tls_files(tmp_path, auth_clients=False)
+    )
+    assert conf_of(RedisCluster(no_client_certs)._node_conf(7000))["tls-auth-clients"] == "no"
+    # without TLS: the plain port only, no tls-* line, plain clients
+    plain = RedisCluster(ClusterSpec(run_dir=tmp_path, ports=PORTS))
+    assert not any(line.startswith("tls-") for line in plain._node_conf(7000))
+    assert "ssl_certfile" not in plain.client(7000).connection_pool.connection_kwargs
+    # recorded for `stack status`/`down` (paths only)
+    tmp_path.mkdir(exist_ok=True)
+    c._record()
+    assert "pw" not in (tmp_path / "cluster.json").read_text()
+    again = RedisCluster.recorded(tmp_path, password="pw")
+    assert again is not None and again.spec.tls == tls
+    plain._record()
+    again = RedisCluster.recorded(tmp_path)
+    assert again is not None and again.spec.tls is None
 
 
 def test_node_that_never_ran_has_no_pid_and_cannot_be_killed(tmp_path: Path) -> None:
@@ -202,6 +254,40 @@ def test_sentinel_configs(tmp_path: Path) -> None:
     assert s._argv(26401, "rs")[-1] == "--sentinel"
     assert "--sentinel" not in s._argv(6400, "rs")
     assert s._password_for(26400) is None and s._password_for(6400) == "pw"
+
+
+def test_sentinel_with_tls_and_a_sentinel_password(tmp_path: Path) -> None:
+    tls = tls_files(tmp_path)
+    spec = SentinelSpec(
+        run_dir=tmp_path, data_ports=(6400, 6401), sentinel_ports=(26400, 26401, 26402),
+        password="data-secret", sentinel_password="sentinel-secret", tls=tls,
+    )  # fmt: skip
+    assert "secret" not in repr(spec)
+    sentinels = "127.0.0.1:26400,127.0.0.1:26401,127.0.0.1:26402"
+    assert spec.url == f"rediss+sentinel://{sentinels}/stream-lstm?{tls.url_query()}"
+    s = RedisSentinel(spec)
+    data, sentinel = conf_of(s._node_conf(6401)), conf_of(s._node_conf(26401))
+    for conf, port in ((data, "6401"), (sentinel, "26401")):
+        assert conf["port"] == "0" and conf["tls-port"] == port
+        assert conf["tls-replication"] == "yes" and conf["tls-auth-clients"] == "yes"
+        assert conf["tls-ca-cert-file"] == quote_conf(str((tmp_path / "ca.crt").absolute()))
+    assert data["requirepass"] == data["masterauth"] == '"data-secret"'
+    assert data["replicaof"] == "127.0.0.1 6400"
+    assert sentinel["requirepass"] == '"sentinel-secret"'
+    assert 'sentinel auth-pass stream-lstm "data-secret"' in s._node_conf(26401)
+    assert s._password_for(26400) == "sentinel-secret" and s._password_for(6400) == "data-secret"
+    kw = s.client(26402).connection_pool.connection_kwargs
+    assert kw["password"] == "sentinel-secret" and kw["ssl_certfile"] == str(tmp_path / "n.crt")
+    # a sentinel password without TLS: plain ports, requirepass on the sentinels only
+    plain = RedisSentinel(
+        SentinelSpec(run_dir=tmp_path, data_ports=(6400, 6401), sentinel_ports=(1, 2, 3),
+                     sentinel_password="spw")
+    )  # fmt: skip
+    assert conf_of(plain._node_conf(2))["requirepass"] == '"spw"'
+    assert conf_of(plain._node_conf(2))["port"] == "2"
+    assert "requirepass" not in conf_of(plain._node_conf(6400))
+    assert not any(line.startswith("tls-") for p in (6400, 2) for line in plain._node_conf(p))
+    assert plain.spec.url.startswith("redis+sentinel://")
 
 
 def test_stack_settings_cluster_ports(monkeypatch: pytest.MonkeyPatch) -> None:
