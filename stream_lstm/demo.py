@@ -171,7 +171,8 @@ def run_demo(stack: Stack, opts: DemoOptions, console: Console) -> int:
         None,
         model=opts.model_dir,
         bootstrap=stack.bootstrap,
-        redis=stack.redis_url,
+        # the state on the local Redis Cluster when the stack has one (demo --redis-cluster)
+        redis=stack.cluster.spec.url if stack.cluster is not None else stack.redis_url,
         input_topic=topics["input"],
         output_topic=topics["output"],
         dlq_topic=topics["dlq"],

