@@ -41,6 +41,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +215,7 @@ class RedisStateStore:
         # the buckets' epoch markers, as this worker knows them
         self.epochs: list[str] = [""] * BUCKETS
         self._wiped = False  # a load or a save found a marker gone or changed
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def mode(self) -> str:
@@ -521,12 +523,18 @@ class RedisStateStore:
             except redis.RedisError as e:  # a slot nobody serves
                 last = e
                 continue
-            for addr, idx in by_node.items():
-                for part in _parts(idx, calls):
-                    again, err = self._send(addr, part, calls, replies, ask, wait)
-                    if err is not None:
-                        last = err
-                        failed += again
+            jobs = [(addr, part) for addr, idx in by_node.items() for part in _parts(idx, calls)]
+            if len(by_node) > 1:  # the masters work at once: one pipeline each, in parallel
+                pool = self._pool()
+                outcomes = list(
+                    pool.map(lambda j: self._send(j[0], j[1], calls, replies, ask, wait), jobs)
+                )
+            else:
+                outcomes = [self._send(a, part, calls, replies, ask, wait) for a, part in jobs]
+            for again, err in outcomes:
+                if err is not None:
+                    last = err
+                    failed += again
             if not failed:
                 return replies
             if isinstance(last, ReplicasMissing):
@@ -602,6 +610,12 @@ class RedisStateStore:
             failed.append(i)
         return failed, error
 
+    def _pool(self) -> ThreadPoolExecutor:
+        """Threads that send one pipeline per master at once (socket waits release the GIL)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(16, thread_name_prefix="redis-node")
+        return self._executor
+
     def ping(self) -> bool:
         try:
             return all(bool(self.nodes.client(a).ping()) for a in self.nodes.masters())
@@ -613,6 +627,8 @@ class RedisStateStore:
             self.on_rtt(op, time.perf_counter() - t0)
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
         self.nodes.close()
 
 
