@@ -50,7 +50,6 @@ def test_three_workers_on_twelve_partitions_through_the_cluster_equal_predict(
     events = keyed_events(keys=240, rows=25, seed=31)
     n = len(events)
     topics = make_topics(topic_factory, partitions=12)
-    produce(services.bootstrap, topics.input, events)
     group = unique("g")
     workers = [
         WorkerProc(
@@ -58,6 +57,13 @@ def test_three_workers_on_twelve_partitions_through_the_cluster_equal_predict(
         ).start()
         for _ in range(3)
     ]
+    wait_for(  # the group has settled: the 12 partitions split over the three workers
+        lambda: all(w.metric("stream_lstm_assigned_partitions") >= 1 for w in workers)
+        and sum(w.metric("stream_lstm_assigned_partitions") for w in workers) == 12,
+        180,
+        "the partitions split over three workers",
+    )
+    produce(services.bootstrap, topics.input, events)
     wait_for(
         lambda: sum(w.metric("stream_lstm_forecasts_out_total") for w in workers) >= n,
         240,
