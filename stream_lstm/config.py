@@ -575,7 +575,7 @@ class WorkerSettings(TopicSettings):
         "or Sentinel master whose masters all have a replica, else 0",
         shown="auto", group="operations",
     )  # fmt: skip
-    redis_wait_timeout_s: Annotated[float, Field(gt=0)] = opt(
+    redis_wait_timeout_s: Annotated[float, Field(gt=0, le=300)] = opt(
         2.0,
         "how long a commit cycle's WAIT may take; fewer replicas by then fail the cycle (it is "
         "retried; the worker is unready meanwhile)",

@@ -114,6 +114,8 @@ class EngineParts:
             return False, "starting"
         if self.retry is not None and self.retry.failing:
             return False, f"retrying Redis: {self.retry.failing}"
+        if self.store.replicas_short:
+            return False, "fewer Redis replicas than --redis-min-replicas: nothing can commit"
         if not self.store.ping():
             return False, "Redis unreachable"
         return True, "ready"

@@ -216,6 +216,8 @@ class RedisStateStore:
         self.epochs: list[str] = [""] * BUCKETS
         self._wiped = False  # a load or a save found a marker gone or changed
         self._executor: ThreadPoolExecutor | None = None
+        self._stale = False  # the last round failed: read the slot map first in the next
+        self.replicas_short = False  # fewer replicas than min_replicas at start (/readyz)
 
     @property
     def mode(self) -> str:
@@ -248,9 +250,11 @@ class RedisStateStore:
                     ) from None
                 if time.monotonic() >= deadline:
                     hint = "" if retry_s else " (set --redis-connect-timeout to wait for it)"
+                    service = getattr(self.nodes, "service", "?")
                     raise StateError(
-                        f"no Sentinel of {self.url_shown} names a master for its service: "
-                        f"{str(e)[:300]}{hint}"
+                        f"no Sentinel of {self.url_shown} names a master for service "
+                        f"{service!r}: check the service name, and that the Sentinels run and "
+                        f"monitor it{hint}"
                     ) from None
             except (redis.AuthenticationError, redis.ResponseError) as e:
                 auth = isinstance(e, redis.AuthenticationError) or any(
@@ -264,6 +268,11 @@ class RedisStateStore:
                 if auth:
                     raise StateError(
                         f"Redis at {self.url_shown} refused the credentials: {e}"
+                    ) from None
+                if self.mode == "sentinel" and "unknown command" in str(e).lower():
+                    raise StateError(
+                        f"--redis {self.url_shown}: the hosts of a redis+sentinel:// URL must be "
+                        f"Sentinels (redis-server --sentinel), not data nodes: {e}"
                     ) from None
                 if not retryable(e) or time.monotonic() >= deadline:
                     raise StateError(f"Redis at {self.url_shown}: {e}") from None
@@ -300,6 +309,7 @@ class RedisStateStore:
                     self.url_shown,
                 )
         elif self.min_replicas > fewest:
+            self.replicas_short = True
             log.warning(
                 "--redis-min-replicas %d but a master of %s has %d replica(s) now: commit "
                 "cycles will fail (and the worker go unready) until enough replicas are up",
@@ -331,7 +341,12 @@ class RedisStateStore:
     def _lost_epochs(self, lost: dict[int, object]) -> None:
         """Markers that are not the ones this worker knows: those buckets were wiped (or another
         worker saw that first and set new markers). Adopt them; the engine learns of it through
-        :meth:`wiped` and rewrites what it holds."""
+        :meth:`wiped` and rewrites what it holds. All markers are read first, so that a shard
+        lost as a whole is one incident (not one per bucket as the keys come by)."""
+        try:
+            lost = {**self._sweep_markers(), **lost}
+        except StateError as e:
+            log.warning("could not read every epoch marker (%s); adopting those seen", e)
         created = self._resolve_epochs(sorted(lost))
         self._wiped = True
         gone = sum(1 for v in lost.values() if v is None)
@@ -477,6 +492,12 @@ class RedisStateStore:
         return result
 
     def _check_markers(self) -> None:
+        lost = self._sweep_markers()
+        if lost:
+            self._lost_epochs(lost)
+
+    def _sweep_markers(self) -> dict[int, object]:
+        """Every bucket whose marker is not the one this worker knows (read in one round)."""
         calls = [
             Call(TAG_SLOT[b], ("GET", self._epoch_key(b)), [(b, [])], 0) for b in range(BUCKETS)
         ]
@@ -485,13 +506,11 @@ class RedisStateStore:
             calls = [Call(-1, ("MGET", *names), [], 0)]
         replies = self._round("checking the epoch markers in", calls)
         seen = replies[0] if self.nodes.cross_slot else replies
-        lost = {
+        return {
             b: v
             for b, v in enumerate(seen)
             if not isinstance(v, bytes) or v.decode() != self.epochs[b]
         }
-        if lost:
-            self._lost_epochs(lost)
 
     # -- one round: a pipeline per node, with redirections and retries ----------------------
     def _round(self, what: str, calls: list[Call], *, wait: int = 0) -> list[Any]:
@@ -504,10 +523,12 @@ class RedisStateStore:
         ask: dict[int, str] = {}  # call → the node an ASK redirection named
         last: BaseException | None = None
         for attempt in range(ATTEMPTS):
-            if attempt:
-                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            if attempt or self._stale:  # (the last round failed: its map may be old, too)
+                if attempt:
+                    time.sleep(BACKOFF_S * 2 ** (attempt - 1))
                 try:
                     self.nodes.refresh()
+                    self._stale = False
                 except redis.RedisError as e:
                     last = e
                     continue
@@ -541,6 +562,7 @@ class RedisStateStore:
                 break  # replicas do not come back in a second: the caller retries, unready
             pending = failed
         assert last is not None
+        self._stale = True
         log.warning(
             "%s Redis at %s: giving up after %d attempt(s)", what, self.url_shown, attempt + 1
         )
@@ -576,13 +598,7 @@ class RedisStateStore:
                 ) from None
             client.connection_pool.disconnect()
             return idx, e
-        if wait:
-            acked, out = out[-1], out[:-1]
-            if isinstance(acked, BaseException) or int(acked) < wait:
-                return idx, ReplicasMissing(
-                    f"WAIT: {acked} of {wait} replica(s) of {addr} acknowledged the writes "
-                    f"within {self.wait_timeout_ms} ms"
-                )
+        acked: object = out.pop() if wait else None
         error: BaseException | None = None
         failed: list[int] = []
         pos = 0
@@ -608,7 +624,21 @@ class RedisStateStore:
                 continue
             error = r
             failed.append(i)
-        return failed, error
+        if not wait:
+            return failed, error
+        count = acked if isinstance(acked, int) else -1  # (an error reply: not a count)
+        confirmed = count >= wait
+        if error is not None:  # the calls that went through are done only if WAIT says so
+            return (failed if confirmed else idx), error
+        if isinstance(acked, BaseException):  # e.g. WAIT on a master demoted to a replica
+            return idx, redis.exceptions.ReadOnlyError(f"WAIT on {addr}: {acked}")
+        if count < wait:
+            return idx, ReplicasMissing(
+                f"WAIT: {acked} of {wait} replica(s) of {addr} acknowledged the writes "
+                f"within {self.wait_timeout_ms} ms"
+            )
+        self.replicas_short = False
+        return [], None
 
     def _pool(self) -> ThreadPoolExecutor:
         """Threads that send one pipeline per master at once (socket waits release the GIL)."""

@@ -172,6 +172,32 @@ class ClusterNodes(Nodes):
 
     def connect(self) -> None:
         self.refresh()
+        self._check_seeds()
+
+    def _check_seeds(self) -> None:
+        """Every seed that answers must be a node of the cluster whose slot map was read (a
+        typo could otherwise point one seed at another cluster, or at a plain Redis, unseen
+        until the other seeds fail)."""
+        if len(self.seeds) < 2:
+            return
+        first = self.masters()[0]
+        text = self.client(first).execute_command("CLUSTER", "NODES")
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        members = {line.split()[1].split("@")[0] for line in text.splitlines() if line.strip()}
+        for host, port in self.seeds:
+            addr = f"{host}:{port}"
+            try:
+                info = self.client(addr).info("cluster")
+            except redis.RedisError as e:
+                log.warning("Redis Cluster seed %s does not answer (%s); using the others", addr, e)
+                continue
+            if int(info.get("cluster_enabled", 0)) != 1:
+                raise ConfigError(f"--redis {self.shown}: seed {addr} is not a Redis Cluster node")
+            if addr not in members:
+                raise ConfigError(
+                    f"--redis {self.shown}: seed {addr} is not a node of the cluster that "
+                    f"{first} belongs to (its nodes: {', '.join(sorted(members))})"
+                )
 
     def refresh(self) -> None:
         """Read the slot map from the first node that answers: known masters first, then the
@@ -256,7 +282,10 @@ def open_nodes(url: str, socket_timeout_s: float = 5.0) -> Nodes:
                 raise ConfigError(f"--redis {shown}: a Redis Cluster has only database 0")
             first = urlunsplit(parts._replace(netloc=userinfo + hosts[0]))
             base = _client_from(first, shown, socket_timeout_s)
-            seeds = [_host_port(h, 6379) for h in hosts]
+            seeds = [_host_port(h, 0) for h in hosts]
+            for h, (_, port) in zip(hosts, seeds, strict=True):
+                if not port:
+                    raise ConfigError(f"--redis {shown}: give each seed node as host:port ({h!r})")
             return ClusterNodes(seeds=seeds, base=base, shown=shown)
     return Nodes(_client_from(url, shown, socket_timeout_s), shown)
 

@@ -219,3 +219,32 @@ def test_noscript_on_a_promoted_replica_loads_the_script_there_and_retries() -> 
         "t", [Call(1, ("EVALSHA", "x"), [], 1)]
     )
     assert got == [[1, [], []]] and ("SCRIPT LOAD",) in a.sent[1]
+
+
+def test_a_master_demoted_by_a_manual_failover_is_left_for_the_new_one() -> None:
+    """CLUSTER FAILOVER: the old master still takes the connection but is a replica now; its
+    WAIT answers an error (once, the worker kept sending WAIT there for 6 minutes)."""
+    state = {"failed_over": False}
+    old = FakeNode(
+        lambda c: (
+            redis.ResponseError("WAIT cannot be used with replica instances")
+            if c[0] == "WAIT"
+            else redis.exceptions.MovedError("1 b:2")
+        )
+    )
+    new = FakeNode(lambda c: 1 if c[0] == "WAIT" else [1, [], []])
+    nodes = FakeNodes({"a:1": old, "b:2": new}, lambda s: "b:2" if state["failed_over"] else "a:1")
+    nodes.refresh = lambda: state.update(failed_over=True)  # type: ignore[method-assign]
+    got = store_on(nodes)._round("t", [Call(1, ("EVALSHA", "x"), [], 1)], wait=1)
+    assert got == [[1, [], []]] and len(new.sent) == 1
+
+
+def test_after_a_failed_round_the_next_one_reads_the_slot_map_first() -> None:
+    a = FakeNode(lambda c: 0 if c[0] == "WAIT" else [1, [], []])
+    nodes = FakeNodes({"a:1": a}, lambda slot: "a:1")
+    store = store_on(nodes)
+    with pytest.raises(StateError):
+        store._round("t", [Call(1, ("EVALSHA", "x"), [], 1)], wait=1)
+    assert nodes.refreshes == 0  # a missing replica is not a routing problem: no retry here
+    store._round("t", [Call(1, ("GET", "x"), [], 1)])
+    assert nodes.refreshes == 1  # but the next round starts from a fresh map
