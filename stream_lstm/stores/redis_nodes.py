@@ -177,26 +177,30 @@ class ClusterNodes(Nodes):
     def _check_seeds(self) -> None:
         """Every seed that answers must be a node of the cluster whose slot map was read (a
         typo could otherwise point one seed at another cluster, or at a plain Redis, unseen
-        until the other seeds fail)."""
+        until the other seeds fail): a cluster node whose own slot map names one of our
+        masters. (Only INFO and CLUSTER SLOTS: what the store's least ACL allows.)"""
         if len(self.seeds) < 2:
             return
-        first = self.masters()[0]
-        text = self.client(first).execute_command("CLUSTER", "NODES")
-        text = text.decode() if isinstance(text, bytes) else str(text)
-        members = {line.split()[1].split("@")[0] for line in text.splitlines() if line.strip()}
+        ours = set(self.replica_count)
         for host, port in self.seeds:
             addr = f"{host}:{port}"
             try:
                 info = self.client(addr).info("cluster")
+                if int(info.get("cluster_enabled", 0)) != 1:
+                    raise ConfigError(
+                        f"--redis {self.shown}: seed {addr} is not a Redis Cluster node"
+                    )
+                theirs = {
+                    f"{_text(e[2][0]) or host}:{int(e[2][1])}"
+                    for e in self.client(addr).execute_command("CLUSTER", "SLOTS")
+                }
             except redis.RedisError as e:
                 log.warning("Redis Cluster seed %s does not answer (%s); using the others", addr, e)
                 continue
-            if int(info.get("cluster_enabled", 0)) != 1:
-                raise ConfigError(f"--redis {self.shown}: seed {addr} is not a Redis Cluster node")
-            if addr not in members:
+            if not theirs & ours:
                 raise ConfigError(
-                    f"--redis {self.shown}: seed {addr} is not a node of the cluster that "
-                    f"{first} belongs to (its nodes: {', '.join(sorted(members))})"
+                    f"--redis {self.shown}: seed {addr} belongs to another cluster (its masters "
+                    f"{', '.join(sorted(theirs))}; this one's {', '.join(sorted(ours))})"
                 )
 
     def refresh(self) -> None:
@@ -357,6 +361,10 @@ def _sentinel(parts: Any, shown: str, socket_timeout_s: float) -> SentinelNodes:
     except (ValueError, TypeError) as e:
         raise _fix_url_error(shown, e) from None
     return SentinelNodes(sentinel, service, client, shown)
+
+
+def _text(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def data_credentials(url: str) -> bool:
