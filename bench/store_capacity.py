@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -493,20 +491,11 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The benchmark suite's machine description, plus the client libraries measured here."""
+    from stream_lstm.benchmark.run import machine as bench_machine
+
     return {
-        "cpu": cpu,
-        "cores": psutil.cpu_count(logical=True),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
+        **bench_machine(),
         "redis_py": redis.__version__,
         "stream_lstm": stream_lstm.__version__,
     }

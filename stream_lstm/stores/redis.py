@@ -294,9 +294,8 @@ class RedisStateStore:
 
     def _decide_replicas(self) -> None:
         try:
-            have = self._round("reading replication", [Call(-1, ("INFO", "replication"), [], 0)])
-            fewest = self.nodes.replicas() if self.mode == "cluster" else _slaves(have[0])
-        except StateError as e:
+            fewest = self.nodes.replicas()
+        except redis.RedisError as e:
             log.warning("could not count the replicas (%s)", e)
             fewest = 0
         if self.min_replicas_asked is None:
@@ -673,13 +672,3 @@ def _parts(idx: list[int], calls: list[Call]) -> list[list[int]]:
         parts[-1].append(i)
         n += calls[i].nkeys
     return parts
-
-
-def _slaves(info: object) -> int:
-    if isinstance(info, dict):
-        return int(info.get("connected_slaves", 0))
-    if isinstance(info, bytes):
-        for line in info.decode().splitlines():
-            if line.startswith("connected_slaves:"):
-                return int(line.split(":", 1)[1])
-    return 0

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import redis
 from redis.sentinel import Sentinel
 
-from stream_lstm.errors import ConfigError, StateError
+from stream_lstm.errors import ConfigError
 from stream_lstm.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -391,7 +391,3 @@ def retryable(e: BaseException) -> bool:
             redis.exceptions.MasterDownError,
         ),
     ) or (isinstance(e, redis.ResponseError) and str(e).startswith(("LOADING", "MASTERDOWN")))
-
-
-def fail(shown: str, what: str, e: BaseException) -> StateError:
-    return StateError(f"{what} Redis at {shown} failed: {type(e).__name__}: {e}")
