@@ -11,6 +11,7 @@ of one config file serve the worker and the tools alike. Secrets are ``SecretStr
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 import typing
 from contextvars import ContextVar
@@ -479,6 +480,22 @@ class WorkerSettings(TopicSettings):
     commit_interval_ms: Annotated[int, Field(ge=0)] = opt(
         1000, "commit cycle interval", group="ticks and commits"
     )
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = opt(
+        "at-least-once",
+        "`at-least-once`: after a crash some forecasts, dead letters and alerts are published "
+        "again (identical values; state is never applied twice); `exactly-once`: outputs and "
+        "offsets commit in one Kafka transaction per commit cycle, Redis follows it, and "
+        "downstream consumers must read with `isolation.level=read_committed` (they see outputs "
+        "only once their cycle commits); see Exactly-once in the README",
+        group="ticks and commits",
+    )
+    transactional_id: NonEmpty | None = opt(
+        None,
+        "with `exactly-once`: the producer's `transactional.id`, unique per worker instance and "
+        "the same when that instance restarts (a restart then aborts the crashed instance's open "
+        "transaction at once instead of after `transaction.timeout.ms`)",
+        group="ticks and commits", shown="stream-lstm-<group>-<host name>-<pid>",
+    )  # fmt: skip
     device: str = opt(
         "auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`", group="ticks and commits"
     )
@@ -624,6 +641,31 @@ class WorkerSettings(TopicSettings):
                     "a lost forecast cannot be noticed, and its offset would be committed (use "
                     "acks=all, the default)"
                 )
+        if "transactional.id" in producer:
+            raise ValueError(
+                "the librdkafka option transactional.id (from --kafka-option or "
+                "--producer-option, or their STREAM_LSTM_ and TOML forms) is refused: give "
+                "--processing-guarantee exactly-once and --transactional-id instead (the worker "
+                "runs the transactions itself)"
+            )
+        if self.processing_guarantee == "exactly-once" and self.runtime == "faust":
+            raise ValueError(
+                "--processing-guarantee exactly-once is not supported with --runtime faust: "
+                "Faust's own exactly-once mode is known to duplicate and lose messages "
+                "(faust-streaming/faust #517, #323), and this runtime cannot seek back to abort "
+                "a transaction; use the confluent runtime (the default) for exactly-once"
+            )
+        isolation = consumer.get("isolation.level", "read_committed").strip()
+        if self.processing_guarantee == "exactly-once" and isolation != "read_committed":
+            raise ValueError(
+                f"the librdkafka option isolation.level={isolation} is refused with "
+                "--processing-guarantee exactly-once: events of the input's aborted transactions "
+                "would be applied (use read_committed, the default)"
+            )
+        if self.transactional_id and self.processing_guarantee != "exactly-once":
+            raise ValueError(
+                "--transactional-id is only used with --processing-guarantee exactly-once"
+            )
         outputs = {
             "--output-topic": self.output_topic,
             "--dlq-topic": self.dlq_topic,
@@ -666,6 +708,17 @@ class WorkerSettings(TopicSettings):
     @property
     def state_namespace(self) -> str:
         return self.namespace or f"slstm:{self.group}"
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly-once"
+
+    def transactional_id_or_default(self) -> str:
+        """The producer's ``transactional.id`` (exactly-once)."""
+        return (
+            self.transactional_id
+            or f"stream-lstm-{self.group}-{socket.gethostname()}-{os.getpid()}"
+        )
 
     def consumer_config(self) -> dict[str, str]:
         return {**self.kafka_options, **self.consumer_options}

@@ -17,6 +17,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -32,6 +33,7 @@ from stream_lstm.data.datasets import Preset
 from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
 from stream_lstm.drivers.confluent import Worker
 from stream_lstm.drivers.kafka_client import KafkaSink, make_admin
+from stream_lstm.kafka_readers import reader_options
 from stream_lstm.replay import RateLimiter, iter_events
 from stream_lstm.runtime.events import decode_forecast
 from stream_lstm.stack import Stack
@@ -140,6 +142,18 @@ def train_model(opts: DemoOptions, console: Console, frame: pd.DataFrame, cut_ms
     train(history, SeriesSpec(TS, p.features, p.targets, KEY), train_opts, opts.model_dir)
 
 
+def view_config(bootstrap: str, group: str) -> dict[str, Any]:
+    """The live view's consumer: it reads the input and the forecasts (committed ones only)."""
+    return reader_options(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+
+
 def run_demo(stack: Stack, opts: DemoOptions, console: Console) -> int:
     p = opts.preset
     spec = SeriesSpec(p.time_col, p.features, p.targets, p.key_col)
@@ -191,14 +205,7 @@ def run_demo(stack: Stack, opts: DemoOptions, console: Console) -> int:
     wt.start()
 
     view = LiveView(p.targets[0], step)
-    reader = Consumer(
-        {
-            "bootstrap.servers": stack.bootstrap,
-            "group.id": f"demo-view-{run}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
+    reader = Consumer(view_config(stack.bootstrap, f"demo-view-{run}"))
     reader.subscribe([topics["input"], topics["output"]])
     stop = threading.Event()
     sent = [0, 0]  # warm-up, shown

@@ -122,6 +122,18 @@ class WorkerMetrics:
             "Events at or below their key's stored offset, skipped (already applied)",
             registry=r,
         )
+        self.catch_up_events = Counter(
+            "stream_lstm_catch_up_events_total",
+            "Exactly-once recovery: events of committed transactions applied to state again "
+            "(their stored states trailed the committed offset), without output",
+            registry=r,
+        )
+        self.transactions = Counter(
+            "stream_lstm_transactions_total",
+            "Exactly-once: Kafka transactions committed or aborted",
+            ["outcome"],
+            registry=r,
+        )
         self.tick_size = Histogram(
             "stream_lstm_tick_size_events",
             "Messages per tick",

@@ -39,6 +39,7 @@ from stream_lstm.benchmark.workload import (
     prefill,
 )
 from stream_lstm.config import default_cache_dir
+from stream_lstm.kafka_readers import reader_options
 from stream_lstm.stack import Stack
 from stream_lstm.stack.kafka import kafka_version
 from stream_lstm.stack.procs import free_port
@@ -118,7 +119,7 @@ def _worker_args(
 
 
 def _watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-wm"})
+    c = Consumer(reader_options({"bootstrap.servers": bootstrap, "group.id": "bench-wm"}))
     try:
         return {
             p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_lstm.drivers.kafka_client import KafkaSink, commit_offsets, make_consumer
+from stream_lstm.kafka_readers import reader_options
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.lstm import LSTMForecaster
 from stream_lstm.model.runtime import Forecaster
@@ -277,7 +278,8 @@ def worker_run(args: list[str], log: Path, warm: int, n: int) -> tuple[Run, Work
 
 def consume_all(bootstrap: str, topic: str) -> list[Any]:
     """Every message of a topic (for latency): from the beginning to the end now."""
-    c = make_consumer(bootstrap, f"bench-read-{time.time_ns()}", {"enable.partition.eof": "true"})
+    opts = reader_options({"enable.partition.eof": "true"})
+    c = make_consumer(bootstrap, f"bench-read-{time.time_ns()}", opts)
     md = c.list_topics(topic, timeout=10)
     parts = sorted(md.topics[topic].partitions)
     c.assign([TopicPartition(topic, p, 0) for p in parts])

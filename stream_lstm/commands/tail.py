@@ -50,6 +50,7 @@ def run_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
 
     from stream_lstm.drivers.kafka_client import check_topics, make_consumer
+    from stream_lstm.kafka_readers import reader_options
     from stream_lstm.runtime.events import decode_forecast
 
     if args.max is not None and args.max < 1:
@@ -59,7 +60,8 @@ def run_tail(args: argparse.Namespace) -> int:
     k = kafka_settings(args, KafkaSettings)
     # a missing topic or an unreachable broker: an error that says what to do (exit 2 / 1)
     partitions = check_topics(k.bootstrap, k.kafka_options, [args.topic])[args.topic]
-    c = make_consumer(k.bootstrap, f"stream-lstm-tail-{uuid.uuid4().hex[:8]}", k.kafka_options)
+    group = f"stream-lstm-tail-{uuid.uuid4().hex[:8]}"
+    c = make_consumer(k.bootstrap, group, reader_options(k.kafka_options))
     start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
     c.assign([TopicPartition(args.topic, p, start) for p in range(partitions)])
     notes = Console(stderr=True, highlight=False)

@@ -1,7 +1,8 @@
 """The dashboard's Kafka side: one consumer thread that reads the input and the forecast topics
 and fills a :class:`~stream_lstm.dashboard.store.SeriesStore`.
 
-The consumer only reads: a unique group id, ``enable.auto.commit=false``, partitions assigned
+The consumer only reads: a unique group id, ``enable.auto.commit=false``,
+``isolation.level=read_committed`` (no forecast of an aborted transaction), partitions assigned
 explicitly (no group membership, so it never takes partitions from a worker's group and starts
 at once, without a rebalance).
 """
@@ -18,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from stream_lstm.dashboard.store import SeriesStore
 from stream_lstm.drivers.kafka_client import make_consumer
+from stream_lstm.kafka_readers import reader_options
 from stream_lstm.runtime.events import EventIn, decode_forecast, parse_ts
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ class KafkaFeed:
         self._consumer: Consumer | None = None
 
     def start(self) -> None:
-        opts = {"enable.auto.commit": "false", **self.options}
+        opts = reader_options({"enable.auto.commit": "false", **self.options})
         c = make_consumer(self.bootstrap, self.group, opts)
         start = OFFSET_BEGINNING if self.from_beginning else OFFSET_END
         c.assign(

@@ -20,6 +20,7 @@ import torch
 from stream_lstm.config import WorkerSettings
 from stream_lstm.drivers.kafka_client import (
     KafkaSink,
+    TransactionalSink,
     check_topics,
     make_admin,
     max_message_bytes,
@@ -140,6 +141,8 @@ class EngineParts:
         self._admin = make_admin(s.bootstrap, s.kafka_options)
         self._input_topic = s.input_topic
         self.engine.set_topic_id(topic_id(self._admin, s.input_topic))
+        if isinstance(self.sink, TransactionalSink):
+            self.sink.start()  # aborts what a crashed instance with this id left open
         self.engine.topic_id_now = lambda topic: topic_id(self._admin, topic)
         limits = max_message_bytes(self._admin, outputs)
         limit = min(self.sink.max_message_bytes, *limits.values())
@@ -181,6 +184,12 @@ class EngineParts:
             "%s (%d partitions) → %s, dead letters → %s; group %s; metrics %s",
             s.input_topic, partitions, s.output_topic, s.dlq_topic, s.group, url,
         )  # fmt: skip
+        if isinstance(self.sink, TransactionalSink):
+            log.info(
+                "exactly-once: one Kafka transaction per commit cycle as %r; downstream "
+                "consumers must read with isolation.level=read_committed",
+                self.sink.transactional_id,
+            )
         log.info(
             "state in Redis %s under %s (previous model version: %s)",
             redact_url(s.redis.get_secret_value()), s.state_namespace, self.store.previous_version,
@@ -212,7 +221,13 @@ def build_engine(
         wait_timeout_s=s.redis_wait_timeout_s,
         on_rtt=lambda op, sec: metrics.redis_rtt.labels(op=op).observe(sec),
     )
-    sink = KafkaSink(s.bootstrap, s.producer_config(), s.flush_timeout_s)
+    sink = (
+        TransactionalSink(
+            s.bootstrap, s.producer_config(), s.flush_timeout_s, s.transactional_id_or_default()
+        )
+        if s.exactly_once
+        else KafkaSink(s.bootstrap, s.producer_config(), s.flush_timeout_s)
+    )
     engine = Engine(
         forecaster,
         store,

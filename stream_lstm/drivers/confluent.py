@@ -22,11 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from stream_lstm.config import WorkerSettings
 from stream_lstm.drivers.assembly import build_engine, counts
 from stream_lstm.drivers.kafka_client import (
+    CONSUMER_DEFAULTS,
+    TransactionalSink,
     batch_of,
     commit_offsets,
     make_consumer,
@@ -54,6 +56,15 @@ class Worker:
         self.device = parts.device
         self.store, self.sink, self.engine = parts.store, parts.sink, parts.engine
         self.consumer = make_consumer(s.bootstrap, s.group, s.consumer_config())
+        # exactly-once: the sink commits offsets inside its transactions (KIP-447 fencing with
+        # the group's metadata as it is at each commit)
+        self.txn = self.sink if isinstance(self.sink, TransactionalSink) else None
+        if self.txn is not None:
+            self.txn.group_metadata = self.consumer.consumer_group_metadata
+        strategy = s.consumer_config().get(
+            "partition.assignment.strategy", str(CONSUMER_DEFAULTS["partition.assignment.strategy"])
+        )
+        self._cooperative = "cooperative" in strategy
         self._publish_failed: PublishError | None = None  # seen where the loop cannot rewind
         self._rewind_delay = 0.5  # back-off before consuming again after a rewind (doubles)
         self._rewound = False  # unready since a rewind, until a commit succeeds
@@ -141,6 +152,8 @@ class Worker:
             self.sink.flush()
         except Exception as e:
             log.warning("final flush: %s", e)
+        if self.txn is not None:
+            self.txn.close()  # a crash path's open transaction: aborted now, not at its timeout
         if self.parts.health:
             self.parts.health.stop()
         self.engine.stop_writer()
@@ -186,6 +199,17 @@ class Worker:
 
     # -- commit cycle and rebalances -------------------------------------------------------------
     def _commit(self, offsets: Offsets) -> None:
+        if self.txn is not None:
+            self.txn.commit(offsets)  # outputs and offsets together (PublishError: aborted)
+        else:
+            self._commit_offsets(offsets)
+        if self._rewound and not self.stop_requested.is_set():
+            log.info("outputs acknowledged and offsets committed again: ready")
+            self.parts.ready = True
+        self._rewound = False
+        self._rewind_delay = 0.5
+
+    def _commit_offsets(self, offsets: Offsets) -> None:
         try:
             commit_offsets(self.consumer, offsets)
         except KafkaException as e:
@@ -204,11 +228,6 @@ class Worker:
             else:
                 self.metrics.commits.labels(outcome="failed").inc()
             raise KafkaClientError(f"offset commit failed: {err}", err) from None
-        if self._rewound and not self.stop_requested.is_set():
-            log.info("outputs acknowledged and offsets committed again: ready")
-            self.parts.ready = True
-        self._rewound = False
-        self._rewind_delay = 0.5
 
     def _commit_cycle(self, partitions: list[tuple[str, int]] | None = None) -> None:
         """A whole commit cycle, waiting for the Redis write (revocation, shutdown)."""
@@ -227,8 +246,37 @@ class Worker:
     def _on_assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
         # before any event of these partitions: is the topic still the one the records know?
         self.parts.check_input_topic()
+        if self.txn is not None and parts:
+            self._catch_up(consumer, parts)
         self.metrics.assigned.inc(len(parts))
         log.info("assigned %s", sorted(tp.partition for tp in parts))
+
+    def _catch_up(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        """Exactly-once: partitions whose stored states trail their committed offset start
+        from their applied offset, for state only up to the committed one
+        (:meth:`Engine.begin_catch_up`)."""
+        topic = parts[0].topic
+        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
+        applied = self.engine.retry(
+            lambda: self.store.load_marks(self.engine.topic_id, sorted(committed))
+        )
+        start = self.engine.begin_catch_up(topic, applied, committed)
+        if not start:
+            return
+        for p, offset in start.items():
+            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if low > offset:
+                log.error(
+                    "%s[%d]: events %d to %d are gone from the topic (retention): keys with "
+                    "events there keep states without them",
+                    topic, p, offset, low - 1,
+                )  # fmt: skip
+        tps = [TopicPartition(topic, tp.partition, start.get(tp.partition, OFFSET_INVALID))
+               for tp in parts]  # fmt: skip
+        if self._cooperative:
+            consumer.incremental_assign(tps)
+        else:
+            consumer.assign(tps)
 
     def _on_revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in parts]
@@ -247,6 +295,10 @@ class Worker:
 
     def _on_lost(self, consumer: Any, parts: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in parts]
+        if self.txn is not None and self.txn.in_txn and self._publish_failed is None:
+            # the open transaction holds outputs of the lost partitions' events, which their
+            # new owner produces again: it must abort (the loop rewinds what is still ours)
+            self._publish_failed = PublishError(f"partitions {sorted(p for _, p in tps)} lost")
         n = self.engine.drop_partitions(tps)  # nothing may be committed for lost partitions
         self.metrics.assigned.dec(len(parts))
         log.warning("lost %s (%d cached keys dropped, no commit)", sorted(p for _, p in tps), n)

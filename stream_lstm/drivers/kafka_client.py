@@ -278,6 +278,161 @@ class KafkaSink:
             )
 
 
+# a transaction left open by a crashed worker holds back read_committed consumers of the output
+# topics until the broker aborts it: 10 s (librdkafka's default is 60 s), as Kafka Streams
+TRANSACTIONAL_DEFAULTS = {"transaction.timeout.ms": 10000}
+
+
+class TransactionalSink(KafkaSink):
+    """The Sink for exactly-once processing: everything produced between two commits is one
+    Kafka transaction, committed together with the consumer's offsets (KIP-447: the consumer
+    group's metadata fences a worker that lost its partitions).
+
+    :meth:`commit` is the driver's offset commit. A transaction that cannot commit raises
+    :class:`PublishError` after it is aborted (the worker rewinds: its outputs are never
+    visible to read_committed consumers, its offsets never moved); :meth:`reset` starts over
+    with a new producer when the old one cannot go on (a fatal error: fenced by a newer
+    instance with the same ``transactional.id``)."""
+
+    transactional = True
+
+    def __init__(
+        self,
+        bootstrap: str,
+        options: Mapping[str, str] | None,
+        flush_timeout_s: float,
+        transactional_id: str,
+    ) -> None:
+        self.transactional_id = transactional_id
+        opts = {**TRANSACTIONAL_DEFAULTS, **(options or {}), "transactional.id": transactional_id}
+        super().__init__(bootstrap, {k: str(v) for k, v in opts.items()}, flush_timeout_s)
+        self.group_metadata: Callable[[], Any] | None = None  # the consumer's, at commit time
+        self.in_txn = False
+        self.txn_started = 0.0
+        self._initialised = False
+        self.commits = 0
+
+    def start(self) -> None:
+        """Register the transactional id: the broker aborts what an earlier producer with the
+        same id left open (a crashed incarnation of this worker) and fences that producer."""
+        try:
+            self.producer.init_transactions(self.flush_timeout_s)
+        except KafkaException as e:
+            raise KafkaClientError(
+                f"initialising transactions as {self.transactional_id!r}: {_why(e)} (exactly-once "
+                "needs brokers with transactions: transaction.state.log.* settings, Kafka ≥ 2.5)",
+                e.args[0] if e.args else None,
+            ) from None
+        self._initialised = True
+
+    def _begin(self) -> None:
+        if not self.in_txn:
+            if not self._initialised:
+                self.start()
+            self.in_txn = True  # (also when it fails: reset() then aborts or starts over)
+            self.txn_started = time.monotonic()
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as e:
+                raise PublishError(f"beginning a transaction: {_why(e)}", e.args[0]) from None
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self._begin()
+        super().produce(topic, key, value, headers)
+
+    def produce_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
+        self._begin()
+        super().produce_many(topic, keys, values)
+
+    def txn_age(self) -> float:
+        """Seconds since the open transaction began (0: none open)."""
+        return time.monotonic() - self.txn_started if self.in_txn else 0.0
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Send ``offsets`` into the open transaction and commit it: every output produced
+        since the last commit and these offsets become visible together, or not at all."""
+        if self.failures:  # a delivery already failed: the transaction can only abort
+            self._abort_and_raise(f"{len(self.failures)} message(s) not delivered, e.g. "
+                                  f"{self.failures[0]}")  # fmt: skip
+        assert self.group_metadata is not None, "the driver sets group_metadata"
+        self._begin()
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        deadline = time.monotonic() + self.flush_timeout_s
+        try:
+            if tps:
+                self.producer.send_offsets_to_transaction(
+                    tps, self.group_metadata(), self.flush_timeout_s
+                )
+            while True:
+                try:
+                    self.producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                    break
+                except KafkaException as e:
+                    err = e.args[0] if e.args else None
+                    if (
+                        isinstance(err, KafkaError)
+                        and err.retriable()
+                        and time.monotonic() < deadline
+                    ):
+                        continue  # a timeout: committing again is allowed
+                    raise
+        except KafkaException as e:
+            self._abort_and_raise(_why(e), e.args[0] if e.args else None)
+        self.in_txn = False
+        self.commits += 1
+        if self.failures:  # (a report served during the commit; the broker refused the commit)
+            self._abort_and_raise(f"{len(self.failures)} message(s) not delivered")
+
+    def _abort_and_raise(self, why: str, err: KafkaError | None = None) -> None:
+        log.error("transaction not committed (%s): aborting it", why)
+        self.reset()
+        raise PublishError(f"the transaction could not commit and was aborted: {why}", err)
+
+    def reset(self) -> None:
+        """Abort the open transaction (its outputs are never seen by read_committed
+        consumers); a producer that cannot abort (fatal: fenced, or timed out on the broker)
+        is replaced by a new one with the same id."""
+        self.failures.clear()
+        if not self.in_txn:
+            return
+        try:
+            self.producer.abort_transaction(self.flush_timeout_s)
+        except KafkaException as e:
+            log.warning("aborting the transaction: %s; starting a new producer", _why(e))
+            try:
+                self.producer.purge(in_queue=True, in_flight=True, blocking=True)
+                self.producer.flush(0)
+            except (KafkaException, RuntimeError) as err:
+                log.warning("purging the producer: %s", err)
+            self.producer = make_producer(self._bootstrap, self._options, self._on_error)
+            self._initialised = False
+            self.start()
+        self.in_txn = False
+        self.failures.clear()
+
+    def flush(self) -> None:
+        """Outputs are acknowledged by :meth:`commit`; here only undelivered ones are raised."""
+        self.producer.flush(0)
+        if self.failures:
+            self._abort_and_raise(f"{len(self.failures)} message(s) not delivered, e.g. "
+                                  f"{self.failures[0]}")  # fmt: skip
+
+    def close(self) -> None:
+        """At shutdown: abort what is still open (nothing committed after the last cycle)."""
+        if self.in_txn:
+            try:
+                self.producer.abort_transaction(10)
+            except KafkaException as e:
+                log.warning("aborting the last transaction: %s", _why(e))
+            self.in_txn = False
+
+
 def batch_of(msgs: list[Message], topic: str) -> MessageBatch:
     """Consumed messages as columns; error events are logged and left out (EOF silently)."""
     good = [m for m in msgs if m.error() is None]

@@ -24,6 +24,28 @@ published again (duplicates with identical values). A crash between 2 and 3 repl
 are at or below each key's stored offset: they are skipped for state. So output is at least once
 and state exactly once. An idle worker still sends an empty write every ``STORE_CHECK_S`` so that
 a wiped store is noticed while it holds the keys (see docs/architecture.md).
+
+**Exactly-once** (the sink runs Kafka transactions, ``--processing-guarantee exactly-once``):
+everything produced since the last cycle is one open transaction, and the steps are
+
+E1. **Snapshot** the dirty keys' states and take the pending offsets, at the same point of the
+    stream (nothing is applied between the two).
+E2. **Commit the transaction** (the driver's ``commit``: ``send_offsets_to_transaction`` with
+    the consumer group's metadata, then ``commit_transaction``): every forecast, dead letter and
+    alert since the last cycle and the offsets after them become visible together, or — aborted
+    — never (:class:`stream_lstm.errors.PublishError`: the driver rewinds, states included).
+E3. **Write** the snapshot's states to the store (offset guard as above), here or on the
+    background writer.
+E4. **Mark** each partition's *applied offset* (:mod:`stream_lstm.stores.base`, clause 6) =
+    the offset just committed: every committed event below it has its state stored.
+
+The store is never ahead of a committed transaction (E3 follows E2), and never behind it
+unnoticed: a crash between E2 and E4 leaves a partition's applied offset below its committed
+offset, and whoever is assigned the partition next consumes it again from the applied offset,
+applying those events to state only (:meth:`Engine.begin_catch_up`) — the input topic is the
+changelog. A crash before E2 aborts the transaction (the next producer with the same
+``transactional.id``, or the broker's ``transaction.timeout.ms``): its outputs are never seen by
+read_committed consumers, its offsets never moved, and its states were never written.
 """
 
 from __future__ import annotations
@@ -49,6 +71,10 @@ log = logging.getLogger(__name__)
 Offsets = dict[tuple[str, int], int]  # (topic, partition) → next offset to consume
 Commit = Callable[[Offsets], None]  # the driver's offset commit
 STORE_CHECK_S = 5.0  # an idle worker checks the store for a wipe this often
+# exactly-once: a cycle waits for the previous state write (instead of trying again next
+# interval) once its transaction has been open this long (the broker aborts it at
+# transaction.timeout.ms, 10 s by default)
+TXN_WAIT_S = 3.0
 
 
 @dataclass
@@ -58,6 +84,7 @@ class CommitJob:
     snapshot: Snapshot
     offsets: Offsets
     topic_id: bytes = NO_TOPIC  # the input topic's incarnation the offsets belong to
+    committed: bool = False  # exactly-once: the offsets are committed (E2); mark them after E3
 
 
 class StateWriter:
@@ -128,14 +155,19 @@ class CommitCycle:
             return False
         self.poll(commit, block=wait)  # 0. earlier cycles first, in order
         if not wait and self._writer is not None and self._writer.busy():
-            return False  # still writing the previous snapshot: try again next interval
+            if not e.transactional or e.sink_txn_age() < TXN_WAIT_S:
+                return False  # still writing the previous snapshot: try again next interval
+            self.poll(commit, block=True)  # (an open transaction must not reach its timeout)
         t0 = time.perf_counter()
-        tps = None if partitions is None else set(partitions)
+        # (exactly-once: the open transaction holds every partition's outputs: all commit)
+        tps = None if partitions is None or e.transactional else set(partitions)
         offsets = {tp: o for tp, o in e.pending.items() if tps is None or tp in tps}
         slots = e.cache.dirty_slots(None if tps is None else {p for _, p in tps})
         if not offsets and not slots.size:
             self._check_store(commit, wait)
             return False
+        if e.transactional:
+            return self._run_transactional(commit, offsets, slots, wait, t0)
         e.sink.flush()  # 1. every forecast, dead letter and alert so far is acknowledged
         failpoint("after_flush")
         t1 = time.perf_counter()
@@ -147,6 +179,38 @@ class CommitCycle:
         self._submit(job, commit, wait)
         e.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
         return True
+
+    def _run_transactional(
+        self, commit: Commit, offsets: Offsets, slots: np.ndarray, wait: bool, t0: float
+    ) -> bool:
+        """The exactly-once cycle: E1 snapshot, E2 commit, then E3 and E4 (:meth:`_save`)."""
+        e = self.e
+        job = CommitJob(e.cache.snapshot(slots, everything=True), offsets, e.topic_id, True)
+        e.cache.dirty[slots] = False  # (an aborted E2 rewinds: every cached state is dropped)
+        t1 = time.perf_counter()
+        failpoint("before_commit")
+        try:
+            commit(offsets)  # E2. outputs and offsets, together or not at all
+        except Exception:
+            e.metrics.transactions.labels(outcome="aborted").inc()
+            raise
+        e.metrics.transactions.labels(outcome="committed").inc()
+        failpoint("after_commit")
+        t2 = time.perf_counter()
+        self._committed(offsets)
+        e.metrics.stage_seconds.labels("snapshot").observe(t1 - t0)
+        e.metrics.stage_seconds.labels("flush").observe(t2 - t1)
+        self._submit(job, commit, wait)  # E3 and E4
+        e.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+        return True
+
+    def _committed(self, offsets: Offsets) -> None:
+        e = self.e
+        for tp, o in offsets.items():
+            if e.pending.get(tp) == o:
+                del e.pending[tp]
+            if tp in e.resume_at:
+                e.resume_at[tp] = o
 
     def _submit(self, job: CommitJob, commit: Commit, wait: bool) -> None:
         self._last_store_check = time.monotonic()
@@ -165,7 +229,13 @@ class CommitCycle:
     def _save(self, job: CommitJob) -> SaveResult:
         """2. states, each carrying the offset of its last applied event (an empty snapshot
         only checks that the store still holds its data)."""
-        return self.e.retry(lambda: self.e.store.save(job.snapshot))
+        e = self.e
+        res: SaveResult = e.retry(lambda: e.store.save(job.snapshot))
+        if job.committed and not res.wiped:
+            failpoint("after_states")
+            marks = {p: o for (_, p), o in job.offsets.items()}
+            e.retry(lambda: e.store.save_marks(job.topic_id, marks))  # E4
+        return res
 
     def _finish(self, job: CommitJob, res: SaveResult, commit: Commit) -> None:
         e = self.e
@@ -183,15 +253,14 @@ class CommitCycle:
                 len(res.refused),
             )
             e.cache.evict(e.cache.index[k] for k in res.refused if k in e.cache.index)
+        if job.committed:  # exactly-once: committed before the write (E2)
+            e.metrics.commits.labels(outcome="ok").inc()
+            return
         failpoint("after_save")
         offsets = job.offsets if job.topic_id == e.topic_id else {}  # not a re-created topic's
         if offsets and not e.halted:
             commit(offsets)  # 3. only now do the offsets move
-            for tp, o in offsets.items():
-                if e.pending.get(tp) == o:
-                    del e.pending[tp]
-                if tp in e.resume_at:
-                    e.resume_at[tp] = o
+            self._committed(offsets)
         if job.offsets or job.snapshot.keys:
             e.metrics.commits.labels(outcome="ok").inc()
 

@@ -113,6 +113,12 @@ class Engine:
         # per partition, where consuming must start again to redo everything not committed:
         # the last committed offset, else the first offset consumed (see rewind)
         self.resume_at: Offsets = {}
+        # exactly-once (the sink runs Kafka transactions): per partition, the committed offset
+        # up to which events are applied to state only — their outputs are in committed
+        # transactions already, their states were not all stored (see begin_catch_up)
+        self.transactional = bool(getattr(sink, "transactional", False))
+        self.catch_up: Offsets = {}
+        self._quiet = False  # applying catch-up events: no output
         self.commits = CommitCycle(self)
         self.use_model(forecaster)
 
@@ -190,11 +196,73 @@ class Engine:
 
     # -- one tick -------------------------------------------------------------------------------
     def process(self, batch: MessageBatch | Sequence[InMessage]) -> None:
-        """Apply one tick of messages: ONE model call for every key in it."""
+        """Apply one tick of messages: ONE model call for every key in it (two when the tick
+        starts with catch-up events: those first, without outputs)."""
         if not isinstance(batch, MessageBatch):
             batch = MessageBatch.of(batch)
-        if not len(batch):
-            return
+        if self.catch_up and len(batch):
+            batch = self._catch_up(batch)
+        if len(batch):
+            self._process(batch)
+
+    def begin_catch_up(
+        self, topic: str, applied: dict[int, int], committed: dict[int, int]
+    ) -> dict[int, int]:
+        """Exactly-once, on assignment: a partition whose applied offset (stores.base, clause 6)
+        is behind its committed offset lost the state write of its last committed cycles (a
+        crash between the transaction's commit and the store write). Its events from the
+        applied offset on are consumed again and applied to state only, up to the committed
+        offset; their outputs are not produced again (they are committed already). Returns
+        where each such partition must start (the driver seeks there)."""
+        start = {}
+        for p, c in committed.items():
+            a = applied.get(p)
+            if a is None or c < 0:
+                continue  # no mark (the first exactly-once run, or a wiped store): as stored
+            if a < c:
+                self.catch_up[(topic, p)] = c
+                start[p] = a
+            elif a > c:
+                log.warning(
+                    "%s[%d]: the state store has applied events up to offset %d, past the "
+                    "committed offset %d (were the group's offsets reset?): events below %d are "
+                    "skipped for state, as already applied",
+                    topic, p, a, c, a,
+                )  # fmt: skip
+        if start:
+            log.warning(
+                "exactly-once recovery: the stored states of %s trail the committed offsets "
+                "(a crash after a transaction committed, before its states were stored): "
+                "consuming again from %s up to %s, for state only (no output)",
+                topic, dict(sorted(start.items())),
+                {p: self.catch_up[(topic, p)] for p in sorted(start)},
+            )  # fmt: skip
+        return start
+
+    def _catch_up(self, batch: MessageBatch) -> MessageBatch:
+        """Apply the tick's catch-up events (state only); return the rest."""
+        ends = np.array([self.catch_up.get((batch.topic, int(p)), -1) for p in batch.partitions])
+        quiet = batch.offsets < ends
+        done: Offsets = {}
+        for p in np.unique(batch.partitions):
+            tp = (batch.topic, int(p))
+            end = self.catch_up.get(tp)
+            if end is not None and int(batch.offsets[batch.partitions == p].max()) >= end - 1:
+                done[tp] = self.catch_up.pop(tp)  # outputs again from the committed offset on
+                log.info("%s[%d]: caught up to the committed offset %d", tp[0], tp[1], end)
+        if quiet.any():
+            self._quiet = True
+            try:
+                self._process(batch.take(np.flatnonzero(quiet)))
+            finally:
+                self._quiet = False
+            self.metrics.catch_up_events.inc(int(quiet.sum()))
+        for tp, end in done.items():
+            # the next cycle commits the same offset again and stores its mark
+            self.pending[tp] = max(self.pending.get(tp, end), end)
+        return batch.take(np.flatnonzero(~quiet)) if quiet.any() else batch
+
+    def _process(self, batch: MessageBatch) -> None:
         m = self.metrics
         t0 = time.perf_counter()
         self._track_offsets(batch)  # first: offsets that went back may mean a re-created topic
@@ -412,7 +480,7 @@ class Engine:
                         m.forecast_interval_hits.labels(*lbl).inc(int(res.inside[j, t]))
         for a in res.alerts:
             m.alerts.labels(a.state).inc()
-            if self.cfg.alerts_topic:
+            if self.cfg.alerts_topic and not self._quiet:
                 self.sink.produce(self.cfg.alerts_topic, a.key.encode(), encode_alert(a))
 
     def _publish(
@@ -426,6 +494,8 @@ class Engine:
         msg_ts: np.ndarray,
     ) -> None:
         """One forecast per applied event, encoded for the whole tick, handed to the producer."""
+        if self._quiet:
+            return
         mc = self.mcfg
         ev_keys = keys[a_idx]
         point = vals[..., mc.point_index].transpose(0, 2, 1)  # [n, n_t, H]
@@ -443,6 +513,8 @@ class Engine:
         """The original key, value and reason to the dead-letter topic; a message too large to
         publish keeps its headers and the start of its key and value (``truncated`` and
         ``key_truncated`` headers give the original lengths)."""
+        if self._quiet:
+            return
         headers = [
             ("reason", reason.encode()),
             ("detail", detail[:500].encode(errors="replace")),
@@ -479,7 +551,8 @@ class Engine:
         for tp, lo, hi in ranges:
             self.resume_at.setdefault(tp, lo)
             self._consumed[tp] = hi
-            self.pending[tp] = hi + 1
+            if not self._quiet:  # (catch-up events: their offsets are committed already)
+                self.pending[tp] = hi + 1
 
     def _offsets_went_back(self, tp: tuple[str, int], seen: int, now: int) -> None:
         topic_id = self.topic_id_now(tp[0]) if self.topic_id_now is not None else NO_TOPIC
@@ -516,6 +589,8 @@ class Engine:
             del self._consumed[tp]
         for tp in [tp for tp in self.resume_at if tp[0] == topic]:
             del self.resume_at[tp]
+        for tp in [tp for tp in self.catch_up if tp[0] == topic]:
+            del self.catch_up[tp]
 
     def after_wipe(self) -> None:
         """The store lost its data: every cached key is written in full at the next cycle."""
@@ -550,6 +625,11 @@ class Engine:
     def stop_writer(self) -> None:
         self.commits.stop_writer()
 
+    def sink_txn_age(self) -> float:
+        """Seconds the sink's open transaction has been open (exactly-once; else 0)."""
+        age = getattr(self.sink, "txn_age", None)
+        return float(age()) if age is not None else 0.0
+
     def halt(self, why: str) -> None:
         """A crash path: from now on nothing is committed (the process is going down; what was
         consumed since the last commit is consumed again by whoever takes over)."""
@@ -582,6 +662,7 @@ class Engine:
             self.pending.pop(tp, None)
             self._consumed.pop(tp, None)
             self.resume_at.pop(tp, None)
+            self.catch_up.pop(tp, None)
         n = self.cache.evict(self.cache.slots_of_partitions({p for _, p in tps}))
         self.metrics.cached_keys.set(len(self.cache))
         return n

@@ -3,8 +3,10 @@
 ``STREAM_LSTM_FAILPOINT=after_flush@3`` SIGKILLs the process the 3rd time it reaches
 ``after_flush`` (several: ``after_flush@3,after_save@5``). Points: ``after_flush`` (forecasts
 acknowledged, states not yet written) and ``after_save`` (states written, offsets not yet
-committed): the two crash windows docs/architecture.md reasons about. Unset (always, outside
-tests), a fail point costs one dict truthiness check.
+committed): the two crash windows docs/architecture.md reasons about; with exactly-once,
+``before_commit`` (E1 done, the transaction open), ``after_commit`` (the transaction committed,
+no state written) and ``after_states`` (states written, applied offsets not yet marked).
+Unset (always, outside tests), a fail point costs one dict truthiness check.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import signal
 import sys
 
-POINTS = ("after_flush", "after_save")
+POINTS = ("after_flush", "after_save", "before_commit", "after_commit", "after_states")
 
 
 def _parse(spec: str) -> dict[str, int]:

@@ -31,6 +31,12 @@ The contract:
 5. **Errors.** A store that cannot be reached raises :class:`stream_lstm.errors.StateError`;
    nothing is half-applied from the caller's point of view beyond the per-key atomicity above,
    and the caller retries the whole call.
+6. **Applied offsets** (exactly-once processing). ``save_marks(topic_id, {partition: offset})``
+   records, per input partition (of one topic incarnation), the offset below which every event
+   of a committed transaction has its state stored; a mark is only ever raised, never lowered
+   (a late write of an older cycle leaves it). ``load_marks`` returns the marks that exist. The
+   runtime writes a mark only after the states of that cycle are saved
+   (:mod:`stream_lstm.runtime.commit`, exactly-once steps).
 """
 
 from __future__ import annotations
@@ -63,6 +69,12 @@ class StateStore(Protocol):
 
     def wiped(self) -> bool:
         """True once after a load or save found the store wiped (its epoch marker gone)."""
+
+    def load_marks(self, topic_id: bytes, partitions: Sequence[int]) -> dict[int, int]:
+        """The applied offset of each partition that has one (6)."""
+
+    def save_marks(self, topic_id: bytes, marks: dict[int, int]) -> None:
+        """Raise each partition's applied offset to the one given; never lower it (6)."""
 
 
 def newer(cur: bytes | None, prev: bytes | None) -> bytes | None:

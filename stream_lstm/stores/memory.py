@@ -25,11 +25,13 @@ class MemoryStore:
     marker: str | None = "e0"  # the namespace's epoch marker (see RedisStateStore)
     epoch: str = "e0"  # the marker as this store's user knows it
     wipes: int = 0
+    marks: dict[tuple[bytes, int], int] = field(default_factory=dict)  # applied offsets
     _wiped: bool = False
 
     def wipe(self) -> None:
-        """What FLUSHDB does: every record and the marker are gone."""
+        """What FLUSHDB does: every record, the marker and the applied offsets are gone."""
         self.data.clear()
+        self.marks.clear()
         self.marker = None
 
     def _check_epoch(self) -> bool:
@@ -85,6 +87,14 @@ class MemoryStore:
         if layout.version != self.version:
             self.previous_version = self.version
         self.layout = layout
+
+    def load_marks(self, topic_id: bytes, partitions: Sequence[int]) -> dict[int, int]:
+        return {p: self.marks[topic_id, p] for p in partitions if (topic_id, p) in self.marks}
+
+    def save_marks(self, topic_id: bytes, marks: dict[int, int]) -> None:
+        for p, offset in marks.items():
+            if offset > self.marks.get((topic_id, p), -1):
+                self.marks[topic_id, p] = offset
 
     def record(self, key: str) -> bytes | None:
         return self.data.get(self._k(key))

@@ -7,6 +7,9 @@ Key layout (docs/scaling.md says why). Every entity key falls in one of :data:`B
 
 - ``<namespace>:<model version>:{s<bucket>}:<entity key>`` — a key's record;
 - ``<namespace>:epoch:{s<bucket>}`` — the bucket's epoch marker;
+- ``<namespace>:applied:{s<bucket>}:<topic id>:<partition>`` — with exactly-once processing, the
+  input offset up to which every committed event's state is stored (the bucket of
+  ``<topic id>:<partition>``);
 - ``<namespace>:versions`` — the model versions that have written state, so a new version can
   find the previous one's records to rebuild from.
 
@@ -154,6 +157,14 @@ end
 return {{written, refused, wiped}}
 """
 WRITE_SHA = hashlib.sha1(WRITE_IF_NOT_OLDER.encode()).hexdigest()
+
+# KEYS[1]: a partition's applied offset (exactly-once); ARGV[1]: an offset. Raised, never
+# lowered: a late write of an older cycle (a zombie's) cannot move it back.
+RAISE_MARK = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0
+"""
 
 # One pipeline per node per commit cycle, unless a cycle is huge (a cold start with 100,000s of
 # keys): then every 16,384 keys, so the commands never hold hundreds of megabytes at once.
@@ -489,6 +500,28 @@ class RedisStateStore:
             result.wiped = True
             self._lost_epochs(lost)
         return result
+
+    # -- applied offsets (exactly-once: stores.base, clause 6) --------------------------------
+    def _mark(self, topic_id: bytes, partition: int) -> tuple[str, int]:
+        b = bucket_of(f"{topic_id.hex()}:{partition}")
+        return f"{self.namespace}:applied:{TAGS[b]}:{topic_id.hex()}:{partition}", TAG_SLOT[b]
+
+    def load_marks(self, topic_id: bytes, partitions: Sequence[int]) -> dict[int, int]:
+        """Each partition's applied offset, for those that have one."""
+        marks = [self._mark(topic_id, p) for p in partitions]
+        calls = [Call(slot, ("GET", name), [], 1) for name, slot in marks]
+        replies = self._round("reading applied offsets from", calls)
+        return {p: int(v) for p, v in zip(partitions, replies, strict=True) if v is not None}
+
+    def save_marks(self, topic_id: bytes, marks: dict[int, int]) -> None:
+        """Raise each partition's applied offset to the one given (never lower it)."""
+        if not marks:
+            return
+        calls = []
+        for p, offset in marks.items():
+            name, slot = self._mark(topic_id, p)
+            calls.append(Call(slot, ("EVAL", RAISE_MARK, 1, name, offset), [], 1))
+        self._round("writing applied offsets to", calls, wait=self.min_replicas)
 
     def _check_markers(self) -> None:
         lost = self._sweep_markers()

@@ -214,3 +214,19 @@ def _reap_worker_processes() -> Iterator[None]:
     from tests.integration.faults import WorkerProc
 
     WorkerProc.reap()
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A broker and Redis of this test's own, which it may stop and restart."""
+    stack = Stack(
+        tmp_path / "stack", default_cache_dir(),
+        kafka_port=free_port(), controller_port=free_port(), redis_port=free_port(), kafka_heap="256m",
+    )  # fmt: skip
+    stack.redis.start(fresh=True)
+    stack.kafka.start(fresh=True)
+    try:
+        yield stack
+    finally:
+        stack.kafka.stop(grace_s=20)
+        stack.redis.stop(grace_s=20)

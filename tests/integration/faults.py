@@ -205,10 +205,11 @@ class PacedProducer(threading.Thread):
             self.error = e
 
 
-def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every message of ``topic`` (all partitions, from the beginning, up to the end now)."""
+def read_topic(bootstrap: str, topic: str, isolation: str = "read_committed") -> list[Any]:
+    """Every message of ``topic`` (all partitions, from the beginning, up to the end now), as
+    a downstream consumer reads it (``read_committed``: no output of an aborted transaction)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("read"), "enable.partition.eof": True,
-                  "enable.auto.commit": False})  # fmt: skip
+                  "enable.auto.commit": False, "isolation.level": isolation})  # fmt: skip
     md = c.list_topics(topic, timeout=10)
     parts = sorted(md.topics[topic].partitions)
     c.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -265,10 +266,16 @@ def three_checks(
     namespace: str,
     topics: Topics,
     n_events: int,
+    *,
+    exactly_once: bool = False,
 ) -> None:
     """(1) every input event has a forecast; (2) all forecasts of one event are identical
     (up to float32 round-off: ticks group events differently after a restart); (3) every
-    key's final state equals an uninterrupted run's (max abs difference ≤ 1e-6)."""
+    key's final state equals an uninterrupted run's (max abs difference ≤ 1e-6).
+
+    ``exactly_once``: read as a read_committed consumer, every good event has exactly ONE
+    forecast, equal to the uninterrupted run's, and every bad event exactly one dead letter
+    (the bad ones: those the uninterrupted run dead-letters)."""
     inputs = read_topic(bootstrap, topics.input)
     assert len(inputs) == n_events, f"{len(inputs)} input events on the topic, expected {n_events}"
     outputs = read_topic(bootstrap, topics.output)
@@ -276,8 +283,12 @@ def three_checks(
     for m in outputs:
         f = decode_forecast(m.value())
         by_event.setdefault((f.partition, f.offset), []).append(next(iter(f.forecast.values())))
-    missing = {(m.partition(), m.offset()) for m in inputs} - set(by_event)
+    ref, ref_store, ref_sink, fc = _uninterrupted(model, inputs)
+    bad = {_source(p.headers) for p in ref_sink.on("d")}
+    missing = {(m.partition(), m.offset()) for m in inputs} - bad - set(by_event)
     assert not missing, f"(1) {len(missing)} events without a forecast, e.g. {sorted(missing)[:5]}"
+    if exactly_once:
+        _exactly_once(report, bootstrap, topics, by_event, bad, ref_sink)
     dup_diff = 0.0
     dups = 0
     for vals in by_event.values():
@@ -292,15 +303,7 @@ def three_checks(
         dup_diff,
     )
 
-    # (3) the uninterrupted run: the same messages, in order, through the engine in process
-    fc = Forecaster(load_artifact(model))
-    ref_store = MemoryStore(layout_for(fc))
-    ref = Engine(fc, ref_store, MemorySink(), WorkerMetrics(), EngineConfig("o", "d"))
-    msgs = [InMessage(m.key(), m.value(), m.topic(), m.partition(), m.offset(), 0) for m in inputs]
-    msgs.sort(key=lambda m: (m.partition, m.offset))
-    for tick in ticks(msgs, [4096]):
-        ref.process(tick)
-    ref.commit_cycle(lambda offsets: None)
+    # (3) the uninterrupted run's states
     keys = list(ref.cache.index)
     reader = RedisStateStore(redis_url, namespace, layout_for(fc))  # any mode: node, cluster…
     reader.connect()
@@ -320,3 +323,61 @@ def three_checks(
     assert worst <= 1e-6, f"(3) final states differ from an uninterrupted run by {worst}"
     report.max_state_diff = worst
     reader.close()
+
+
+def _uninterrupted(
+    model: Path, inputs: list[Any]
+) -> tuple[Engine, MemoryStore, MemorySink, Forecaster]:
+    """The same messages, in order, through the engine in process, in one go."""
+    fc = Forecaster(load_artifact(model))
+    ref_store, ref_sink = MemoryStore(layout_for(fc)), MemorySink()
+    ref = Engine(fc, ref_store, ref_sink, WorkerMetrics(), EngineConfig("o", "d"))
+    msgs = [InMessage(m.key(), m.value(), m.topic(), m.partition(), m.offset(), 0) for m in inputs]
+    msgs.sort(key=lambda m: (m.partition, m.offset))
+    for tick in ticks(msgs, [4096]):
+        ref.process(tick)
+    ref.commit_cycle(lambda offsets: None)
+    return ref, ref_store, ref_sink, fc
+
+
+def _source(headers: list[tuple[str, bytes]] | None) -> tuple[int, int]:
+    """(partition, offset) of a dead letter's input event (its ``source`` header)."""
+    src = dict(headers or [])["source"].decode()
+    _, p, o = src.rsplit("/", 2)
+    return int(p), int(o)
+
+
+def _exactly_once(
+    report: FaultReport,
+    bootstrap: str,
+    topics: Topics,
+    by_event: dict[tuple[int, int], list[list[float]]],
+    bad: set[tuple[int, int]],
+    ref_sink: MemorySink,
+) -> None:
+    dups = {e: len(v) for e, v in by_event.items() if len(v) > 1}
+    assert not dups, (
+        f"(EOS) {len(dups)} events with more than one forecast, e.g. {list(dups.items())[:5]}"
+    )
+    assert not set(by_event) & bad, "(EOS) a dead-lettered event has a forecast"
+    want: dict[tuple[int, int], list[float]] = {}
+    for m in ref_sink.on("o"):
+        f = decode_forecast(m.value or b"")
+        want[(f.partition, f.offset)] = next(iter(f.forecast.values()))
+    assert set(want) == set(by_event), (
+        "(EOS) forecasts for other events than the uninterrupted run's"
+    )
+    worst = max(
+        (float(np.abs(np.asarray(by_event[e][0]) - np.asarray(v)).max()) for e, v in want.items()),
+        default=0.0,
+    )
+    assert worst <= 1e-4, f"(EOS) forecasts differ from an uninterrupted run's by {worst}"
+    dead = [_source(m.headers()) for m in read_topic(bootstrap, topics.dlq)]
+    assert len(dead) == len(set(dead)), (
+        f"(EOS) {len(dead) - len(set(dead))} dead letters published more than once"
+    )
+    assert set(dead) == bad, (
+        f"(EOS) dead letters {len(dead)}, bad events {len(bad)}: "
+        f"missing {sorted(bad - set(dead))[:5]}, extra {sorted(set(dead) - bad)[:5]}"
+    )
+    report.notes.update(dead_letters=len(dead), max_forecast_diff=worst)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from stream_lstm.config import default_cache_dir
 from stream_lstm.data.synthetic import synthetic_frame
 from stream_lstm.stack import Stack
-from stream_lstm.stack.procs import free_port
 from tests.integration.conftest import Services, unique
 from tests.integration.faults import (
     FaultReport,
@@ -136,22 +134,6 @@ def test_kill_9_at_random_moments(
     )
     assert report.kills >= 5
     report.write()
-
-
-@pytest.fixture
-def private_stack(tmp_path: Path) -> Iterator[Stack]:
-    """A broker and Redis of this test's own, which it may stop and restart."""
-    stack = Stack(
-        tmp_path / "stack", default_cache_dir(),
-        kafka_port=free_port(), controller_port=free_port(), redis_port=free_port(), kafka_heap="256m",
-    )  # fmt: skip
-    stack.redis.start(fresh=True)
-    stack.kafka.start(fresh=True)
-    try:
-        yield stack
-    finally:
-        stack.kafka.stop(grace_s=20)
-        stack.redis.stop(grace_s=20)
 
 
 def _topics(bootstrap: str, partitions: int = 4) -> Topics:

@@ -279,6 +279,7 @@ def test_a_fenced_commit_keeps_the_states_applied_since_the_last_write(
 
     w = object.__new__(Worker)
     w.engine, w.metrics, w.consumer = eng, eng.metrics, FencedConsumer()  # type: ignore[assignment]
+    w.txn = None
     with pytest.raises(KafkaClientError):
         eng.commit_cycle(w._commit)
     assert not eng.pending, "the refused offsets are forgotten (never committed stale later)"
