@@ -15,6 +15,7 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -256,7 +257,19 @@ class Worker:
         from their applied offset, for state only up to the committed one
         (:meth:`Engine.begin_catch_up`)."""
         topic = parts[0].topic
-        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=30)}
+        for attempt in range(3):
+            try:
+                got = consumer.committed(parts, timeout=20)
+                break
+            except KafkaException as e:
+                if attempt == 2:  # a crash path: nothing committed; a restart tries again
+                    raise KafkaClientError(
+                        f"reading the committed offsets of {topic} (exactly-once recovery "
+                        f"needs them): {e.args[0] if e.args else e}",
+                        e.args[0] if e.args else None,
+                    ) from None
+                log.warning("reading the committed offsets: %s; again", e)
+        committed = {tp.partition: tp.offset for tp in got}
         applied = self.engine.retry(
             lambda: self.store.load_marks(self.engine.topic_id, sorted(committed))
         )
@@ -290,6 +303,7 @@ class Worker:
             log.error("commit cycle on revocation failed, offsets not committed: %s", e)
         finally:
             n = self.engine.drop_partitions(tps)
+            self._forget_lag(tps)
             self.metrics.assigned.dec(len(parts))
             log.info("revoked %s (%d cached keys dropped)", sorted(p for _, p in tps), n)
 
@@ -300,16 +314,32 @@ class Worker:
             # new owner produces again: it must abort (the loop rewinds what is still ours)
             self._publish_failed = PublishError(f"partitions {sorted(p for _, p in tps)} lost")
         n = self.engine.drop_partitions(tps)  # nothing may be committed for lost partitions
+        self._forget_lag(tps)
         self.metrics.assigned.dec(len(parts))
         log.warning("lost %s (%d cached keys dropped, no commit)", sorted(p for _, p in tps), n)
+
+    def _forget_lag(self, tps: list[tuple[str, int]]) -> None:
+        """Partitions no longer ours: their lag is their new owner's to report."""
+        for _, p in tps:
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(str(p))
 
     def _update_lag(self) -> None:
         try:
             assigned = self.consumer.assignment()
             if not assigned:
                 return
-            for tp in self.consumer.position(assigned):
+            positions = self.consumer.position(assigned)
+            unread = [tp for tp in positions if tp.offset < 0]
+            if unread:  # nothing consumed since the assignment: where it starts, the commit
+                known = {tp.partition: tp for tp in positions if tp.offset >= 0}
+                for tp in self.consumer.committed(unread, timeout=2):
+                    known[tp.partition] = tp
+                positions = list(known.values())
+            for tp in positions:
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:  # (no cached watermark yet)
+                    _, high = self.consumer.get_watermark_offsets(tp, timeout=2)
                 if tp.offset >= 0 and high >= 0:
                     self.metrics.lag.labels(partition=str(tp.partition)).set(
                         max(0, high - tp.offset)

@@ -307,16 +307,20 @@ class TransactionalSink(KafkaSink):
         opts = {**TRANSACTIONAL_DEFAULTS, **(options or {}), "transactional.id": transactional_id}
         super().__init__(bootstrap, {k: str(v) for k, v in opts.items()}, flush_timeout_s)
         self.group_metadata: Callable[[], Any] | None = None  # the consumer's, at commit time
+        # the broker aborts a transaction open longer than this: waiting longer for a commit or
+        # an abort is pointless (and a stuck coordinator connection is left for a new producer)
+        txn_s = float(str(opts["transaction.timeout.ms"])) / 1000.0
+        self.call_timeout_s = min(flush_timeout_s, max(5.0, txn_s))
         self.in_txn = False
         self.txn_started = 0.0
         self._initialised = False
         self.commits = 0
 
-    def start(self) -> None:
+    def start(self, timeout_s: float | None = None) -> None:
         """Register the transactional id: the broker aborts what an earlier producer with the
         same id left open (a crashed incarnation of this worker) and fences that producer."""
         try:
-            self.producer.init_transactions(self.flush_timeout_s)
+            self.producer.init_transactions(timeout_s or self.flush_timeout_s)
         except KafkaException as e:
             raise KafkaClientError(
                 f"initialising transactions as {self.transactional_id!r}: {_why(e)} (exactly-once "
@@ -327,8 +331,11 @@ class TransactionalSink(KafkaSink):
 
     def _begin(self) -> None:
         if not self.in_txn:
-            if not self._initialised:
-                self.start()
+            if not self._initialised:  # a new producer after a fatal error: the worker rewinds
+                try:  # and tries again after a back-off while this fails (broker down)
+                    self.start(self.call_timeout_s)
+                except KafkaClientError as e:
+                    raise PublishError(str(e), e.cause) from None
             self.in_txn = True  # (also when it fails: reset() then aborts or starts over)
             self.txn_started = time.monotonic()
             try:
@@ -363,11 +370,11 @@ class TransactionalSink(KafkaSink):
         assert self.group_metadata is not None, "the driver sets group_metadata"
         self._begin()
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        deadline = time.monotonic() + self.flush_timeout_s
+        deadline = time.monotonic() + self.call_timeout_s
         try:
             if tps:
                 self.producer.send_offsets_to_transaction(
-                    tps, self.group_metadata(), self.flush_timeout_s
+                    tps, self.group_metadata(), self.call_timeout_s
                 )
             while True:
                 try:
@@ -401,19 +408,19 @@ class TransactionalSink(KafkaSink):
         self.failures.clear()
         if not self.in_txn:
             return
+        self.in_txn = False
         try:
-            self.producer.abort_transaction(self.flush_timeout_s)
+            self.producer.abort_transaction(self.call_timeout_s)
         except KafkaException as e:
             log.warning("aborting the transaction: %s; starting a new producer", _why(e))
             try:
-                self.producer.purge(in_queue=True, in_flight=True, blocking=True)
-                self.producer.flush(0)
+                self.producer.purge(in_queue=True, in_flight=True, blocking=False)
             except (KafkaException, RuntimeError) as err:
                 log.warning("purging the producer: %s", err)
+            # (the old producer's transaction is aborted by the broker: by the new producer's
+            # init_transactions with the same id, or at transaction.timeout.ms)
             self.producer = make_producer(self._bootstrap, self._options, self._on_error)
             self._initialised = False
-            self.start()
-        self.in_txn = False
         self.failures.clear()
 
     def flush(self) -> None:
