@@ -662,6 +662,17 @@ class WorkerSettings(TopicSettings):
                 "--processing-guarantee exactly-once: events of the input's aborted transactions "
                 "would be applied (use read_committed, the default)"
             )
+        txn = producer.get("transaction.timeout.ms")
+        if self.processing_guarantee == "exactly-once" and txn is not None:
+            least = self.commit_interval_ms + 5000
+            if not txn.strip().isdigit() or int(txn) < least:
+                raise ValueError(
+                    f"the librdkafka option transaction.timeout.ms={txn} is refused with "
+                    f"--processing-guarantee exactly-once and --commit-interval-ms "
+                    f"{self.commit_interval_ms}: a transaction stays open for a commit interval "
+                    f"and its commit, and the broker aborts it at this timeout; give at least "
+                    f"{least} (the commit interval + 5 s), or leave it unset"
+                )
         if self.transactional_id and self.processing_guarantee != "exactly-once":
             raise ValueError(
                 "--transactional-id is only used with --processing-guarantee exactly-once"
@@ -712,6 +723,14 @@ class WorkerSettings(TopicSettings):
     @property
     def exactly_once(self) -> bool:
         return self.processing_guarantee == "exactly-once"
+
+    def transaction_timeout_ms(self) -> int:
+        """The producer's ``transaction.timeout.ms`` (exactly-once): as set, else 10 s, or two
+        commit intervals and 5 s when that is longer."""
+        producer = {**self.kafka_options, **self.producer_options}
+        if "transaction.timeout.ms" in producer:
+            return int(producer["transaction.timeout.ms"])
+        return max(10_000, 2 * self.commit_interval_ms + 5000)
 
     def transactional_id_or_default(self) -> str:
         """The producer's ``transactional.id`` (exactly-once)."""

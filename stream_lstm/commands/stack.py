@@ -26,7 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, help_, fn in (
-        ("up", "start Kafka and Redis (idempotent: says so if already running)", _up),
+        (
+            "up",
+            "start Kafka and Redis (idempotent: says so if already running); a broker that is "
+            "not running starts on a FRESH data directory (topics and offsets gone: "
+            "docs/local-stack.md)",
+            _up,
+        ),
         ("down", "stop everything by PID (SIGTERM, then SIGKILL after a grace period)", _down),
         (
             "status",

@@ -223,7 +223,10 @@ def build_engine(
     )
     sink = (
         TransactionalSink(
-            s.bootstrap, s.producer_config(), s.flush_timeout_s, s.transactional_id_or_default()
+            s.bootstrap,
+            {"transaction.timeout.ms": str(s.transaction_timeout_ms()), **s.producer_config()},
+            s.flush_timeout_s,
+            s.transactional_id_or_default(),
         )
         if s.exactly_once
         else KafkaSink(s.bootstrap, s.producer_config(), s.flush_timeout_s)

@@ -398,6 +398,19 @@ class TransactionalSink(KafkaSink):
 
     def _abort_and_raise(self, why: str, err: KafkaError | None = None) -> None:
         log.error("transaction not committed (%s): aborting it", why)
+        code = err.code() if isinstance(err, KafkaError) else None
+        if code in (
+            KafkaError._FENCED,
+            KafkaError.PRODUCER_FENCED,
+            KafkaError.INVALID_PRODUCER_EPOCH,
+        ):
+            log.error(
+                "the broker fenced this producer (transactional id %r): either another worker "
+                "uses the same --transactional-id (give each worker its own), or this "
+                "transaction stayed open past transaction.timeout.ms (the worker paused, or a "
+                "commit took that long) and the broker aborted it",
+                self.transactional_id,
+            )
         self.reset()
         raise PublishError(f"the transaction could not commit and was aborted: {why}", err)
 

@@ -75,6 +75,7 @@ STORE_CHECK_S = 5.0  # an idle worker checks the store for a wipe this often
 # interval) once its transaction has been open this long (the broker aborts it at
 # transaction.timeout.ms, 10 s by default)
 TXN_WAIT_S = 3.0
+SLOW_SAVE_S = 5.0  # a state write this slow is logged
 
 
 @dataclass
@@ -230,7 +231,13 @@ class CommitCycle:
         """2. states, each carrying the offset of its last applied event (an empty snapshot
         only checks that the store still holds its data)."""
         e = self.e
+        t0 = time.monotonic()
         res: SaveResult = e.retry(lambda: e.store.save(job.snapshot))
+        if (took := time.monotonic() - t0) > SLOW_SAVE_S:
+            log.warning(
+                "writing %d state(s) took %.1f s (Redis slow or paused?): offsets wait for it",
+                len(job.snapshot.keys), took,
+            )  # fmt: skip
         if job.committed and not res.wiped:
             failpoint("after_states")
             marks = {p: o for (_, p), o in job.offsets.items()}

@@ -218,3 +218,23 @@ def test_settings_exactly_once() -> None:
                 consumer_options={"isolation.level": "read_uncommitted"},
             )
         )
+
+
+def test_the_transaction_timeout_covers_the_commit_interval() -> None:
+    eos = {"processing_guarantee": "exactly-once"}
+    assert WorkerSettings(**base(**eos)).transaction_timeout_ms() == 10_000  # type: ignore[arg-type]
+    slow = WorkerSettings(**base(**eos, commit_interval_ms=8000))  # type: ignore[arg-type]
+    assert slow.transaction_timeout_ms() == 21_000
+    with pytest.raises(
+        ValidationError, match=r"give at least 10000 \(the commit interval \+ 5 s\)"
+    ):
+        WorkerSettings(
+            **base(  # type: ignore[arg-type]
+                **eos, commit_interval_ms=5000,
+                producer_options={"transaction.timeout.ms": "1000"},
+            )
+        )  # fmt: skip
+    ok = WorkerSettings(
+        **base(**eos, producer_options={"transaction.timeout.ms": "60000"})  # type: ignore[arg-type]
+    )
+    assert ok.transaction_timeout_ms() == 60_000
