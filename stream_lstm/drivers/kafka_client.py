@@ -8,6 +8,7 @@ acknowledged and the states written. The producer is idempotent with ``acks=all`
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -313,6 +314,7 @@ class TransactionalSink(KafkaSink):
         self.call_timeout_s = min(flush_timeout_s, max(5.0, txn_s))
         self.in_txn = False
         self.txn_started = 0.0
+        self._abandoned: list[Producer] = []  # stuck in a call (see _abandon)
         self._initialised = False
         self.commits = 0
 
@@ -373,12 +375,15 @@ class TransactionalSink(KafkaSink):
         deadline = time.monotonic() + self.call_timeout_s
         try:
             if tps:
-                self.producer.send_offsets_to_transaction(
-                    tps, self.group_metadata(), self.call_timeout_s
-                )
+                self._bounded(
+                    "send_offsets_to_transaction",
+                    self.producer.send_offsets_to_transaction,
+                    tps, self.group_metadata(), self.call_timeout_s,
+                )  # fmt: skip
             while True:
                 try:
-                    self.producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                    left = max(1.0, deadline - time.monotonic())
+                    self._bounded("commit_transaction", self.producer.commit_transaction, left)
                     break
                 except KafkaException as e:
                     err = e.args[0] if e.args else None
@@ -391,10 +396,49 @@ class TransactionalSink(KafkaSink):
                     raise
         except KafkaException as e:
             self._abort_and_raise(_why(e), e.args[0] if e.args else None)
+        except _HungError as e:
+            self._abandon(str(e))
         self.in_txn = False
         self.commits += 1
         if self.failures:  # (a report served during the commit; the broker refused the commit)
             self._abort_and_raise(f"{len(self.failures)} message(s) not delivered")
+
+    def _bounded(self, what: str, call: Callable[..., Any], *args: Any) -> None:
+        """``call(*args)`` on a thread of its own, waited for at most its own timeout and 5 s:
+        librdkafka's transactional calls can block past their timeout when the coordinator
+        they cached is gone (a broker restart; confluentinc/librdkafka #5511)."""
+        out: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                call(*args)
+                out.append(None)
+            except BaseException as e:
+                out.append(e)
+
+        t = threading.Thread(target=run, name=f"txn-{what}", daemon=True)
+        t.start()
+        t.join(self.call_timeout_s + 5.0)
+        if not out:
+            raise _HungError(f"{what} did not return within {self.call_timeout_s + 5.0:.0f} s")
+        if out[0] is not None:
+            raise out[0]
+
+    def _abandon(self, why: str) -> None:
+        """A producer stuck in a transactional call is left as it is (its thread keeps it; it
+        is never destroyed: that could block too) and replaced; the new producer's
+        ``init_transactions`` with the same id fences it, so whatever it might still commit is
+        refused. The worker rewinds."""
+        log.error(
+            "transaction not committed: %s (the transaction coordinator does not answer); "
+            "starting a new producer with the same transactional id", why,
+        )  # fmt: skip
+        self._abandoned.append(self.producer)
+        self.producer = make_producer(self._bootstrap, self._options, self._on_error)
+        self._initialised = False
+        self.in_txn = False
+        self.failures.clear()
+        raise PublishError(f"the transaction could not commit: {why}")
 
     def _abort_and_raise(self, why: str, err: KafkaError | None = None) -> None:
         log.error("transaction not committed (%s): aborting it", why)
@@ -423,16 +467,22 @@ class TransactionalSink(KafkaSink):
             return
         self.in_txn = False
         try:
-            self.producer.abort_transaction(self.call_timeout_s)
-        except KafkaException as e:
-            log.warning("aborting the transaction: %s; starting a new producer", _why(e))
+            self._bounded("abort_transaction", self.producer.abort_transaction, self.call_timeout_s)
+        except (KafkaException, _HungError) as e:
+            why = _why(e) if isinstance(e, KafkaException) else str(e)
+            log.warning("aborting the transaction: %s; starting a new producer", why)
             try:
                 self.producer.purge(in_queue=True, in_flight=True, blocking=False)
             except (KafkaException, RuntimeError) as err:
                 log.warning("purging the producer: %s", err)
             # (the old producer's transaction is aborted by the broker: by the new producer's
             # init_transactions with the same id, or at transaction.timeout.ms)
-            self.producer = make_producer(self._bootstrap, self._options, self._on_error)
+            old, self.producer = (
+                self.producer,
+                make_producer(self._bootstrap, self._options, self._on_error),
+            )
+            _retire([old])  # (the list holds the last reference once this frame lets go)
+            del old
             self._initialised = False
         self.failures.clear()
 
@@ -451,6 +501,22 @@ class TransactionalSink(KafkaSink):
             except KafkaException as e:
                 log.warning("aborting the last transaction: %s", _why(e))
             self.in_txn = False
+
+
+class _HungError(Exception):
+    """A transactional call that did not return in time."""
+
+
+def _retire(holder: list[Producer]) -> None:
+    """Let go of a producer on a thread of its own: destroying one whose transaction
+    coordinator connection is stuck can block (librdkafka), and the loop must not. ``holder``
+    has the last reference once the caller has dropped its own (it does, at once)."""
+
+    def drop() -> None:
+        time.sleep(1.0)  # (the caller's frame lets go of its reference first)
+        holder.clear()  # librdkafka's destroy runs here
+
+    threading.Thread(target=drop, name="retired-producer", daemon=True).start()
 
 
 def batch_of(msgs: list[Message], topic: str) -> MessageBatch:

@@ -49,6 +49,7 @@ class StateCache:
         *,
         keep_windows: bool,
         capacity: int = 1024,
+        snapshot_buffers: int = 1,
     ) -> None:
         self.layout = layout
         self.keep_windows = keep_windows
@@ -65,7 +66,11 @@ class StateCache:
         self._log: list[LogChunk] = []
         # windows of keys loaded from another model version, until the model replays them
         self.rebuild_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._snap: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        # the snapshot buffers, used in turn: as many snapshots may be in flight (being written)
+        self._snaps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = [
+            None
+        ] * snapshot_buffers
+        self._turn = 0
         self._alloc(capacity)
 
     def _alloc(self, cap: int) -> None:
@@ -237,21 +242,26 @@ class StateCache:
         """Copies of the dirty states of ``slots`` (``everything``: all dirty keys, so the whole
         row log goes with them without filtering). Array copies only: cheap on the hot loop.
 
-        The copies live in buffers reused by the next snapshot: a snapshot must be written before
-        the next one is taken (the engine keeps one write in flight at most).
+        The copies live in buffers reused in turn (``snapshot_buffers`` of them): a snapshot must
+        be written before the buffer it uses comes round again (the engine keeps at most that
+        many writes in flight).
         """
         lay = self.layout
         slots = np.sort(slots)
         n = len(slots)
-        if self._snap is None or len(self._snap[0]) < n:
-            cap = max(n, 1024, len(self._snap[0]) * 3 // 2 if self._snap else 0)
-            self._snap = (
+        turn = self._turn
+        if n:  # (an empty snapshot, the idle store check, takes no buffer's turn)
+            self._turn = (turn + 1) % len(self._snaps)
+        snap = self._snaps[turn]
+        if snap is None or len(snap[0]) < n:
+            cap = max(n, 1024, len(snap[0]) * 3 // 2 if snap else 0)
+            snap = self._snaps[turn] = (
                 np.zeros(cap, dtype=HEADER),
                 np.zeros((cap, lay.layers, lay.hidden), np.float32),
                 np.zeros((cap, lay.layers, lay.hidden), np.float32),
                 np.zeros(cap if lay.score_ring else 0, dtype=lay.score_block),
             )
-        hdr, h, c, score = (a[:n] for a in self._snap)
+        hdr, h, c, score = (a[:n] for a in snap)
         hdr["magic"] = MAGIC
         hdr["version"] = lay.version.encode()[:12]
         hdr["last_offset"] = self.last_offset[slots]

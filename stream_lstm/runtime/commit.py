@@ -106,8 +106,9 @@ class StateWriter:
             except BaseException as e:
                 self._done.put((job, e))
 
-    def busy(self) -> bool:
-        return self._in_flight > 0
+    def busy(self, limit: int = 1) -> bool:
+        """``limit`` or more writes are still in flight."""
+        return self._in_flight >= limit
 
     def submit(self, job: CommitJob) -> None:
         self._in_flight += 1
@@ -155,7 +156,10 @@ class CommitCycle:
             log.warning("not committing: %s", e.halted)
             return False
         self.poll(commit, block=wait)  # 0. earlier cycles first, in order
-        if not wait and self._writer is not None and self._writer.busy():
+        # exactly-once commits while the previous cycle's states are being written (E3 and E4
+        # follow E2 in order on the writer; two snapshot buffers), never more than that
+        limit = 2 if e.transactional else 1
+        if not wait and self._writer is not None and self._writer.busy(limit):
             if not e.transactional or e.sink_txn_age() < TXN_WAIT_S:
                 return False  # still writing the previous snapshot: try again next interval
             self.poll(commit, block=True)  # (an open transaction must not reach its timeout)

@@ -138,7 +138,12 @@ class Engine:
         self.layout = layout_for(forecaster, self.cfg.scoring)
         init_h, init_c = self._initial_state()
         # stateful models read windows only to rebuild: those stay in Redis, not in memory
-        self.cache = StateCache(self.layout, init_h, init_c, keep_windows=self.step.keeps_windows)
+        # exactly-once: a cycle commits while the previous one's states are still being written
+        # (two snapshots in flight), so outputs become visible every interval
+        self.cache = StateCache(
+            self.layout, init_h, init_c, keep_windows=self.step.keeps_windows,
+            snapshot_buffers=2 if self.transactional else 1,
+        )  # fmt: skip
         self.cache.topic_id = self.topic_id
         self.interval = format_interval(mc.interval_ms)
         self._encoder = ForecastEncoder(

@@ -238,3 +238,35 @@ def test_the_transaction_timeout_covers_the_commit_interval() -> None:
         **base(**eos, producer_options={"transaction.timeout.ms": "60000"})  # type: ignore[arg-type]
     )
     assert ok.transaction_timeout_ms() == 60_000
+
+
+def test_a_transactional_call_that_hangs_abandons_the_producer() -> None:
+    """librdkafka can block in send_offsets_to_transaction past its timeout after a broker
+    restart (confluentinc/librdkafka #5511): the sink gives up on that producer, starts a new
+    one (whose init_transactions, with the same id, fences the old), and the worker rewinds."""
+    import threading
+
+    from stream_lstm.drivers.kafka_client import TransactionalSink
+
+    release = threading.Event()
+
+    class Stuck:
+        def begin_transaction(self) -> None:
+            pass
+
+        def send_offsets_to_transaction(self, *a: object) -> None:
+            release.wait(60)
+
+    sink = TransactionalSink("127.0.0.1:1", {}, 30.0, "t-1")
+    sink.call_timeout_s = 0.1
+    sink._initialised = True
+    stuck = Stuck()
+    sink.producer = stuck  # type: ignore[assignment]
+    sink.group_metadata = lambda: None
+    try:
+        with pytest.raises(PublishError, match="did not return within"):
+            sink.commit({("in", 0): 5})
+        assert sink.producer is not stuck and sink._abandoned == [stuck]
+        assert not sink.in_txn and not sink._initialised  # init_transactions before the next
+    finally:
+        release.set()
