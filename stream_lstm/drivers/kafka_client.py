@@ -313,7 +313,6 @@ class TransactionalSink(KafkaSink):
         txn_s = float(str(opts["transaction.timeout.ms"])) / 1000.0
         self.call_timeout_s = min(flush_timeout_s, max(5.0, txn_s))
         self.in_txn = False
-        self.txn_started = 0.0
         self._abandoned: list[Producer] = []  # stuck in a call (see _abandon)
         self._initialised = False
         self.commits = 0
@@ -339,7 +338,6 @@ class TransactionalSink(KafkaSink):
                 except KafkaClientError as e:
                     raise PublishError(str(e), e.cause) from None
             self.in_txn = True  # (also when it fails: reset() then aborts or starts over)
-            self.txn_started = time.monotonic()
             try:
                 self.producer.begin_transaction()
             except KafkaException as e:
@@ -358,10 +356,6 @@ class TransactionalSink(KafkaSink):
     def produce_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
         self._begin()
         super().produce_many(topic, keys, values)
-
-    def txn_age(self) -> float:
-        """Seconds since the open transaction began (0: none open)."""
-        return time.monotonic() - self.txn_started if self.in_txn else 0.0
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Send ``offsets`` into the open transaction and commit it: every output produced

@@ -39,6 +39,9 @@ E3. **Write** the snapshot's states to the store (offset guard as above), here o
 E4. **Mark** each partition's *applied offset* (:mod:`stream_lstm.stores.base`, clause 6) =
     the offset just committed: every committed event below it has its state stored.
 
+With two writes still in flight a cycle does E2 alone (its states stay dirty for a later E1), so
+outputs become visible every interval however slow the store is.
+
 The store is never ahead of a committed transaction (E3 follows E2), and never behind it
 unnoticed: a crash between E2 and E4 leaves a partition's applied offset below its committed
 offset, and whoever is assigned the partition next consumes it again from the applied offset,
@@ -71,10 +74,6 @@ log = logging.getLogger(__name__)
 Offsets = dict[tuple[str, int], int]  # (topic, partition) → next offset to consume
 Commit = Callable[[Offsets], None]  # the driver's offset commit
 STORE_CHECK_S = 5.0  # an idle worker checks the store for a wipe this often
-# exactly-once: a cycle waits for the previous state write (instead of trying again next
-# interval) once its transaction has been open this long (the broker aborts it at
-# transaction.timeout.ms, 10 s by default)
-TXN_WAIT_S = 3.0
 SLOW_SAVE_S = 5.0  # a state write this slow is logged
 
 
@@ -159,10 +158,9 @@ class CommitCycle:
         # exactly-once commits while the previous cycle's states are being written (E3 and E4
         # follow E2 in order on the writer; two snapshot buffers), never more than that
         limit = 2 if e.transactional else 1
-        if not wait and self._writer is not None and self._writer.busy(limit):
-            if not e.transactional or e.sink_txn_age() < TXN_WAIT_S:
-                return False  # still writing the previous snapshot: try again next interval
-            self.poll(commit, block=True)  # (an open transaction must not reach its timeout)
+        busy = not wait and self._writer is not None and self._writer.busy(limit)
+        if busy and not e.transactional:
+            return False  # still writing the previous snapshot: try again next interval
         t0 = time.perf_counter()
         # (exactly-once: the open transaction holds every partition's outputs: all commit)
         tps = None if partitions is None or e.transactional else set(partitions)
@@ -172,6 +170,8 @@ class CommitCycle:
             self._check_store(commit, wait)
             return False
         if e.transactional:
+            if busy:  # E2 only: the states stay dirty, a later cycle writes and marks them
+                return self._commit_only(commit, offsets)
             return self._run_transactional(commit, offsets, slots, wait, t0)
         e.sink.flush()  # 1. every forecast, dead letter and alert so far is acknowledged
         failpoint("after_flush")
@@ -209,12 +209,40 @@ class CommitCycle:
         e.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
         return True
 
+    def _commit_only(self, commit: Commit, offsets: Offsets) -> bool:
+        """Exactly-once with the writer still busy: commit the transaction (outputs visible
+        every interval whatever Redis takes) and leave the states dirty for the next snapshot;
+        the applied offsets stay behind until then (a crash replays from them)."""
+        if not offsets:
+            return False
+        e = self.e
+        try:
+            commit(offsets)
+        except Exception:
+            e.metrics.transactions.labels(outcome="aborted").inc()
+            raise
+        e.metrics.transactions.labels(outcome="committed").inc()
+        self._committed(offsets)
+        return True
+
     def _committed(self, offsets: Offsets) -> None:
+        """Offsets just committed. At-least-once: their states are stored (step 2 came
+        first), so a rewind resumes there. Exactly-once: a rewind resumes where the states
+        are stored (:meth:`_stored`) and replays up to here for state only."""
         e = self.e
         for tp, o in offsets.items():
             if e.pending.get(tp) == o:
                 del e.pending[tp]
-            if tp in e.resume_at:
+            if e.transactional:
+                e.committed_at[tp] = o
+            elif tp in e.resume_at:
+                e.resume_at[tp] = o
+
+    def _stored(self, offsets: Offsets) -> None:
+        """Exactly-once: the states of events below ``offsets`` are stored and marked."""
+        e = self.e
+        for tp, o in offsets.items():
+            if tp in e.resume_at and o > e.resume_at[tp]:
                 e.resume_at[tp] = o
 
     def _submit(self, job: CommitJob, commit: Commit, wait: bool) -> None:
@@ -265,6 +293,7 @@ class CommitCycle:
             )
             e.cache.evict(e.cache.index[k] for k in res.refused if k in e.cache.index)
         if job.committed:  # exactly-once: committed before the write (E2)
+            self._stored(job.offsets)
             e.metrics.commits.labels(outcome="ok").inc()
             return
         failpoint("after_save")

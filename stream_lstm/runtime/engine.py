@@ -118,6 +118,8 @@ class Engine:
         # transactions already, their states were not all stored (see begin_catch_up)
         self.transactional = bool(getattr(sink, "transactional", False))
         self.catch_up: Offsets = {}
+        self.committed_at: Offsets = {}  # exactly-once: the last committed offset (resume_at:
+        # where the states are stored, at or before it)
         self._quiet = False  # applying catch-up events: no output
         self.commits = CommitCycle(self)
         self.use_model(forecaster)
@@ -222,6 +224,9 @@ class Engine:
         start = {}
         for p, c in committed.items():
             a = applied.get(p)
+            if c >= 0:
+                self.committed_at[(topic, p)] = c  # (a rewind before the next commit replays
+                # up to here for state only, too)
             if a is None or c < 0:
                 continue  # no mark (the first exactly-once run, or a wiped store): as stored
             if a < c:
@@ -596,6 +601,8 @@ class Engine:
             del self.resume_at[tp]
         for tp in [tp for tp in self.catch_up if tp[0] == topic]:
             del self.catch_up[tp]
+        for tp in [tp for tp in self.committed_at if tp[0] == topic]:
+            del self.committed_at[tp]
 
     def after_wipe(self) -> None:
         """The store lost its data: every cached key is written in full at the next cycle."""
@@ -630,11 +637,6 @@ class Engine:
     def stop_writer(self) -> None:
         self.commits.stop_writer()
 
-    def sink_txn_age(self) -> float:
-        """Seconds the sink's open transaction has been open (exactly-once; else 0)."""
-        age = getattr(self.sink, "txn_age", None)
-        return float(age()) if age is not None else 0.0
-
     def halt(self, why: str) -> None:
         """A crash path: from now on nothing is committed (the process is going down; what was
         consumed since the last commit is consumed again by whoever takes over)."""
@@ -651,6 +653,10 @@ class Engine:
         keys dropped."""
         self.pending.clear()
         self._consumed.clear()
+        for tp, stored in self.resume_at.items():
+            if self.committed_at.get(tp, -1) > stored:
+                # exactly-once: committed past the stored states: replayed for state only
+                self.catch_up[tp] = max(self.catch_up.get(tp, -1), self.committed_at[tp])
         n = self.cache.evict(np.fromiter(self.cache.index.values(), np.int64, len(self.cache)))
         self.metrics.cached_keys.set(0)
         return n
@@ -668,6 +674,7 @@ class Engine:
             self._consumed.pop(tp, None)
             self.resume_at.pop(tp, None)
             self.catch_up.pop(tp, None)
+            self.committed_at.pop(tp, None)
         n = self.cache.evict(self.cache.slots_of_partitions({p for _, p in tps}))
         self.metrics.cached_keys.set(len(self.cache))
         return n

@@ -76,12 +76,15 @@ def kill_plan(
     plan: list[str | None],
     report: FaultReport,
     rng: random.Random,
-) -> WorkerProc:
+) -> list[WorkerProc]:
     """SIGKILL a worker once per plan entry (a fail point inside the exactly-once cycle, or
     ``None``: after a random time up), restarting it with the same transactional id each
-    time; returns the final worker. Fail points come first in a plan (they need input)."""
+    time; returns every worker started, the final (live) one last. Fail points come first in a
+    plan (they need input)."""
+    started = []
     for point in plan:
         w = start(point)
+        started.append(w)
         if point:
             try:
                 w.proc.wait(120)  # type: ignore[union-attr]
@@ -102,7 +105,15 @@ def kill_plan(
             time.sleep(rng.uniform(0.5, 3.0))
             w.kill()
         report.kills += 1
-    return start(None)
+    final = start(None)
+    started.append(final)
+    return started
+
+
+def recoveries(workers: list[WorkerProc]) -> int:
+    """How many times a worker replayed committed events for state only (a crash had come
+    between a transaction's commit and its state write)."""
+    return sum(w.log_text().count("exactly-once recovery") for w in workers)
 
 
 def test_exactly_once_kill_9_at_random_moments_and_inside_every_step(
@@ -132,9 +143,9 @@ def test_exactly_once_kill_9_at_random_moments_and_inside_every_step(
             producer.start()
         return w
 
-    final = kill_plan(start, plan, report, rng)
-    finish([final], producer, n)
-    report.notes["catch_up_events"] = final.metric("stream_lstm_catch_up_events_total")
+    workers = kill_plan(start, plan, report, rng)
+    finish(workers[-1:], producer, n)
+    report.notes["recoveries"] = recoveries(workers)
     three_checks(
         report, synth_model, services.bootstrap, services.redis_url, f"slstm:{group}", topics, n,
         exactly_once=True,
@@ -261,8 +272,9 @@ def test_exactly_once_on_a_redis_cluster(
         return w
 
     plan: list[str | None] = ["after_commit@2", "after_states@2", None]
-    final = kill_plan(start, plan, report, rng)
-    finish([final], producer, n)
+    workers = kill_plan(start, plan, report, rng)
+    finish(workers[-1:], producer, n)
+    report.notes["recoveries"] = recoveries(workers)
     three_checks(
         report, synth_model, services.bootstrap, url, f"slstm:{group}", topics, n,
         exactly_once=True,
