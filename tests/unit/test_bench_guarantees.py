@@ -86,9 +86,10 @@ def test_the_worker_accepts_the_flags_it_builds(
 
 
 def test_a_transactional_id_with_at_least_once_would_be_refused(tiny_model: Path) -> None:
-    args = _worker_args(
+    base = _worker_args(
         BenchConfig(), tiny_model, "127.0.0.1:1", "redis://127.0.0.1:1/0", "i", "o", "d", "g"
-    ) + ["--transactional-id", "x"]
+    )
+    args = [*base, "--transactional-id", "x"]
     with pytest.raises(ConfigError, match="--transactional-id"):
         worker_settings(build_parser().parse_args(["worker", *args]))
 
