@@ -158,3 +158,20 @@ def test_4_a_wipe_is_noticed_once_and_nothing_is_written_into_it(
     assert c.rewrite_all() == 1  # what the engine does after a wipe
     res = store.save(c.snapshot(c.dirty_slots(), everything=True))
     assert not res.wiped and res.written == 1
+
+
+def test_6_applied_offsets_are_raised_never_lowered_and_kept_per_topic_and_partition(
+    backend: Callable[[Layout], Backend],
+) -> None:
+    store, wipe = backend(V1)
+    t1, t2 = b"\x01" * 16, b"\x02" * 16
+    assert store.load_marks(t1, [0, 1, 2]) == {}
+    store.save_marks(t1, {0: 100, 1: 7})
+    store.save_marks(t1, {0: 40, 1: 9})  # a late write of an older cycle: 0 stays at 100
+    store.save_marks(t2, {0: 3})  # another incarnation of the topic: its own marks
+    assert store.load_marks(t1, [0, 1, 2]) == {0: 100, 1: 9}
+    assert store.load_marks(t2, [0, 1]) == {0: 3}
+    store.use_layout(V2)  # a model version switch keeps them (they are per namespace)
+    assert store.load_marks(t1, [0, 1]) == {0: 100, 1: 9}
+    wipe()
+    assert store.load_marks(t1, [0, 1]) == {}, "a wiped store has no marks (nothing to replay)"
