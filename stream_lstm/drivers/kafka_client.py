@@ -315,7 +315,6 @@ class TransactionalSink(KafkaSink):
         self.in_txn = False
         self._abandoned: list[Producer] = []  # stuck in a call (see _abandon)
         self._initialised = False
-        self.commits = 0
 
     def start(self, timeout_s: float | None = None) -> None:
         """Register the transactional id: the broker aborts what an earlier producer with the
@@ -393,7 +392,6 @@ class TransactionalSink(KafkaSink):
         except _HungError as e:
             self._abandon(str(e))
         self.in_txn = False
-        self.commits += 1
         if self.failures:  # (a report served during the commit; the broker refused the commit)
             self._abort_and_raise(f"{len(self.failures)} message(s) not delivered")
 
@@ -428,11 +426,16 @@ class TransactionalSink(KafkaSink):
             "starting a new producer with the same transactional id", why,
         )  # fmt: skip
         self._abandoned.append(self.producer)
-        self.producer = make_producer(self._bootstrap, self._options, self._on_error)
-        self._initialised = False
+        self._new_producer()
         self.in_txn = False
         self.failures.clear()
         raise PublishError(f"the transaction could not commit: {why}")
+
+    def _new_producer(self) -> None:
+        """A new producer with the same transactional id; ``init_transactions`` (which fences
+        the old one) runs before its first transaction."""
+        self.producer = make_producer(self._bootstrap, self._options, self._on_error)
+        self._initialised = False
 
     def _abort_and_raise(self, why: str, err: KafkaError | None = None) -> None:
         log.error("transaction not committed (%s): aborting it", why)
@@ -471,13 +474,11 @@ class TransactionalSink(KafkaSink):
                 log.warning("purging the producer: %s", err)
             # (the old producer's transaction is aborted by the broker: by the new producer's
             # init_transactions with the same id, or at transaction.timeout.ms)
-            old, self.producer = (
-                self.producer,
-                make_producer(self._bootstrap, self._options, self._on_error),
-            )
-            _retire([old])  # (the list holds the last reference once this frame lets go)
-            del old
-            self._initialised = False
+            holder = [self.producer]
+            self._new_producer()
+            # destroying a producer whose coordinator connection is stuck can block
+            # (librdkafka): on a thread of its own, which holds the last reference
+            threading.Thread(target=holder.clear, name="retired-producer", daemon=True).start()
         self.failures.clear()
 
     def flush(self) -> None:
@@ -499,18 +500,6 @@ class TransactionalSink(KafkaSink):
 
 class _HungError(Exception):
     """A transactional call that did not return in time."""
-
-
-def _retire(holder: list[Producer]) -> None:
-    """Let go of a producer on a thread of its own: destroying one whose transaction
-    coordinator connection is stuck can block (librdkafka), and the loop must not. ``holder``
-    has the last reference once the caller has dropped its own (it does, at once)."""
-
-    def drop() -> None:
-        time.sleep(1.0)  # (the caller's frame lets go of its reference first)
-        holder.clear()  # librdkafka's destroy runs here
-
-    threading.Thread(target=drop, name="retired-producer", daemon=True).start()
 
 
 def batch_of(msgs: list[Message], topic: str) -> MessageBatch:
