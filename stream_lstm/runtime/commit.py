@@ -194,12 +194,7 @@ class CommitCycle:
         e.cache.dirty[slots] = False  # (an aborted E2 rewinds: every cached state is dropped)
         t1 = time.perf_counter()
         failpoint("before_commit")
-        try:
-            commit(offsets)  # E2. outputs and offsets, together or not at all
-        except Exception:
-            e.metrics.transactions.labels(outcome="aborted").inc()
-            raise
-        e.metrics.transactions.labels(outcome="committed").inc()
+        self._commit_transaction(commit, offsets)  # E2
         failpoint("after_commit")
         t2 = time.perf_counter()
         self._committed(offsets)
@@ -215,15 +210,18 @@ class CommitCycle:
         the applied offsets stay behind until then (a crash replays from them)."""
         if not offsets:
             return False
-        e = self.e
+        self._commit_transaction(commit, offsets)
+        self._committed(offsets)
+        return True
+
+    def _commit_transaction(self, commit: Commit, offsets: Offsets) -> None:
+        """E2: outputs and offsets together, or not at all (counted either way)."""
         try:
             commit(offsets)
         except Exception:
-            e.metrics.transactions.labels(outcome="aborted").inc()
+            self.e.metrics.transactions.labels(outcome="aborted").inc()
             raise
-        e.metrics.transactions.labels(outcome="committed").inc()
-        self._committed(offsets)
-        return True
+        self.e.metrics.transactions.labels(outcome="committed").inc()
 
     def _committed(self, offsets: Offsets) -> None:
         """Offsets just committed. At-least-once: their states are stored (step 2 came
