@@ -324,6 +324,14 @@ class TrainSettings(DataSettings):
         None, "early-stopping patience in epochs", group="training", shown="5, or the dataset's"
     )
     seed: int = opt(0, "random seed", group="training")
+    search: bool = opt(
+        False, "also try a few candidate settings (normalisation, hidden size, loss, window) "
+        "and keep the best by validation MSE; every candidate's score goes to metrics.json",
+        group="training",
+    )  # fmt: skip
+    search_budget: Annotated[float, Field(gt=0)] = opt(
+        1800.0, "`--search`: seconds after which no further candidate starts", group="training"
+    )
     tbptt_chunks: Annotated[int, Field(ge=1)] = opt(
         8, "lstm: chunks of T per carried-state piece", group="training"
     )
@@ -333,6 +341,11 @@ class TrainSettings(DataSettings):
     scaling: Literal["global", "per-key"] | None = opt(
         None, "standardisation statistics", group="preparation", shown="global, or the dataset's"
     )
+    norm: Literal["auto", "none", "revin", "diff"] = opt(
+        "auto", "normalisation that follows drift: diff (lstm: changes in, offsets from the last "
+        "value out), revin (windowed: per-window mean/spread), none (training-span statistics "
+        "only); auto picks diff or revin by --model", group="preparation",
+    )  # fmt: skip
     log1p: CsvList | None = opt(
         None, "columns modelled as log(1+x), e.g. counts", group="preparation",
         shown="none, or the dataset's",
@@ -358,13 +371,17 @@ class TrainSettings(DataSettings):
     max_gap: Annotated[int, Field(ge=0)] = opt(
         24, "longest gap (steps) to fill; longer ones split the series", group="preparation"
     )
-    repair: bool = opt(True, "anomaly repair by the mean of the neighbours", group="preparation")
+    repair: bool = opt(
+        True, "anomaly repair, judged against the daily and weekly pattern", group="preparation"
+    )
     repair_window: Annotated[int, Field(ge=3)] = opt(
-        25, "rolling median window for anomalies", group="preparation"
-    )
+        25, "rolling median window for anomalies in series without a daily season",
+        group="preparation",
+    )  # fmt: skip
     repair_k: Annotated[float, Field(gt=0)] = opt(
-        6.0, "flag |x - median| > k * 1.4826 * MAD", group="preparation"
-    )
+        6.0, "flag values more than k robust standard deviations from the expected value",
+        group="preparation",
+    )  # fmt: skip
 
 
 def _kv_pairs(v: Any) -> Any:

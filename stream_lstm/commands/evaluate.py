@@ -1,4 +1,5 @@
-"""``stream-lstm evaluate``: score a model against persistence and seasonal naive baselines."""
+"""``stream-lstm evaluate``: score a model against a linear (NLinear), a seasonal naive and a
+persistence baseline."""
 
 from __future__ import annotations
 
@@ -27,13 +28,17 @@ if TYPE_CHECKING:  # keeps `stream-lstm --help` free of torch
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="score a model on a data file next to persistence and seasonal naive",
+        help="score a model on a data file next to linear, seasonal naive and persistence",
         description=(
             "Run the model over the file exactly as the stream worker would (each key from its "
             "first row) and score the forecasts made in the chosen split against the actuals "
-            "that follow: MSE, MAE, RMSE and sMAPE per horizon step and overall, in original "
-            "units and standardised, next to persistence and seasonal naive on the same "
-            "(origin, step) pairs. Prints a table and writes JSON."
+            "that follow: MSE, MAE, RMSE and sMAPE per horizon step, per target and overall, in "
+            "original units and standardised, next to three baselines on the "
+            "same (origin, step) pairs: linear (NLinear: last value plus a ridge fit of the "
+            "next steps on the last time_step values, relative to the last one, shared by all "
+            "keys and targets and fitted outside the scored split, e.g. on train+val for "
+            "--split test), seasonal naive and persistence. Flags each target on which the "
+            "model's standardised MSE is not below a baseline's. Prints tables and writes JSON."
         ),
         epilog="example: stream-lstm evaluate --model models/vic_elec --dataset vic_elec",
     )

@@ -20,11 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Load a long-form CSV/Parquet file, validate it (duplicates, gaps, non-numeric "
             "values), "
-            "repair anomalies by the mean of their neighbours, standardise on the training span, "
-            "split chronologically, train with Adam (TBPTT for the stateful lstm), stop early on "
-            "the validation loss, then evaluate on the test span against persistence and seasonal "
-            "naive baselines. Writes config.json, model.safetensors, scaler.json, metrics.json, "
-            "VERSION and plots/ to --out (checked for writing first, before any data is read; "
+            "repair anomalies judged against the seasonal pattern, standardise on the training "
+            "span, normalise so that levels that move are followed (--norm), split "
+            "chronologically, train with Adam (TBPTT for the stateful lstm), stop early on the "
+            "validation loss (with --search: a few candidate settings, the best on validation "
+            "kept), then evaluate on the test span against the linear (NLinear), seasonal naive "
+            "and persistence baselines, flagging any the model does not beat. Writes "
+            "config.json, model.safetensors, scaler.json, metrics.json, repairs.csv, VERSION "
+            "and plots/ to --out (checked for writing first, before any data is read; "
             "files get mode 0666 minus the umask). Settings also come from STREAM_LSTM_TRAIN_* "
             "variables or a [train] table in --config."
         ),
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         calendar=tuple(calendar) if calendar is not None else None,
         timezone=pick("timezone", preset.timezone if preset else "UTC"),
         scaling=pick("scaling", "global"),
+        norm=pick("norm", "auto"),
         log1p=tuple(pick("log1p", ())),
         epochs=pick("epochs", 30),
         batch_size=s.batch_size,
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         split=tuple(s.split),  # type: ignore[arg-type]
         split_dates=tuple(s.split_dates) if s.split_dates else None,  # type: ignore[arg-type]
         progress=not args.no_progress,
+        search=s.search,
+        search_budget=s.search_budget,
     )
     console = Console()
     console.print(f"training {opts.kind} on {path} → {s.out}")
@@ -96,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     from stream_lstm.commands._scores import print_scores
     from stream_lstm.training.evaluate import EvalResult
 
+    if "search" in metrics:
+        for c in metrics["search"]["candidates"]:
+            score = f"validation MSE {c['val_mse']:.4f}" if "val_mse" in c else c["skipped"]
+            mark = " ← chosen" if c.get("chosen") else ""
+            console.print(f"search: {c['name']:16s} {score}{mark}")
     print_scores(console, EvalResult(**metrics["evaluation"]))
     best = metrics["training"]["best_epoch"]
     console.print(f"artifact {s.out} version {artifact.version} (best epoch {best})")

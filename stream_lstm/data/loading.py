@@ -65,7 +65,7 @@ class LoadReport:
             )
         repaired = {k: v for k, v in self.anomalies_repaired.items() if v}
         if self.anomalies_repaired:
-            out.append(f"anomalies repaired (neighbour mean): {repaired or 'none'}")
+            out.append(f"anomalies repaired (against the seasonal pattern): {repaired or 'none'}")
         return out
 
 

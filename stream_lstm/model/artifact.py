@@ -63,6 +63,8 @@ def build_module(cfg: ModelConfig) -> nn.Module:
             cfg.n_targets,
             cfg.n_quantiles,
             cfg.learned_init,
+            levels=len(cfg.features) if cfg.norm == "diff" else 0,
+            target_features=cfg.target_features,
         )
     return CNNLSTMAttention(
         cfg.input_size,
@@ -76,6 +78,8 @@ def build_module(cfg: ModelConfig) -> nn.Module:
         cfg.horizon,
         cfg.n_targets,
         cfg.n_quantiles,
+        levels=len(cfg.features) if cfg.norm == "revin" else 0,
+        target_features=cfg.target_features,
     )
 
 

@@ -3,6 +3,12 @@
 Parameter names are torch's own (``lstm.weight_ih_l0`` … ``head.weight``), so other runtimes can
 load ``model.safetensors`` into a plain ``nn.LSTM`` + ``nn.Linear``; ``h0``/``c0`` exist only
 when the initial state is learned.
+
+With ``norm="diff"`` (``levels`` > 0) the inputs start with the ``levels`` scaled feature values
+of the event; the LSTM reads the rest (each feature's change since the key's previous event, and
+the calendar encodings), and each target that is a feature is forecast as an offset from its
+value at the event (``y = level + head(h)``): nothing the network computes depends on the
+level, so a key whose level moves after training keeps being forecast from where it is.
 """
 
 from __future__ import annotations
@@ -33,11 +39,18 @@ class LSTMForecaster(nn.Module):
         n_targets: int,
         n_quantiles: int = 1,
         learned_init: bool = False,
+        levels: int = 0,
+        target_features: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.horizon, self.n_targets, self.n_quantiles = horizon, n_targets, n_quantiles
+        self.levels = levels
+        tf = target_features if target_features is not None else [-1] * n_targets
+        # the level each target's forecast is an offset from: feature index, or none
+        self.level_of = [i for i in tf if i >= 0] if levels else []
+        self.offset_targets = [j for j, i in enumerate(tf) if i >= 0] if levels else []
         self.lstm = nn.LSTM(
-            input_size,
+            input_size - levels,
             hidden_size,
             num_layers,
             batch_first=True,
@@ -62,17 +75,22 @@ class LSTMForecaster(nn.Module):
         zeros = torch.zeros(L, batch, Hd, device=device)
         return zeros, zeros.clone()
 
-    def _head(self, top: Tensor) -> Tensor:
-        """``[..., Hd]`` → ``[..., H, n_t, n_q]``."""
+    def _head(self, top: Tensor, x: Tensor) -> Tensor:
+        """``top [..., Hd]`` and the same steps' inputs ``x [..., I]`` → ``[..., H, n_t, n_q]``."""
         y: Tensor = self.head(self.drop(top))  # [..., H * n_t * n_q]
-        return y.unflatten(-1, (self.horizon, self.n_targets, self.n_quantiles))
+        y = y.unflatten(-1, (self.horizon, self.n_targets, self.n_quantiles))
+        if self.offset_targets:  # diff: offsets from the event's own (scaled) target values
+            level = x[..., self.level_of]  # [..., n_t']
+            y = y.clone()
+            y[..., self.offset_targets, :] += level[..., None, :, None]
+        return y
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Run ``T`` steps from ``state`` (default ``h_0, c_0``). See the class docstring."""
         if state is None:
             state = self.init_state(x.shape[0], x.device)
-        out, (h, c) = self.lstm(x, state)  # out: [B, T, Hd], top layer after each step
-        return self._head(out), (h, c)  # [B, T, H, n_t, n_q]
+        out, (h, c) = self.lstm(x[..., self.levels :], state)  # out: [B, T, Hd], after each step
+        return self._head(out, x), (h, c)  # [B, T, H, n_t, n_q]
 
     def forward_packed(self, x: Tensor, lengths: Tensor, state: State) -> tuple[Tensor, State]:
         """Run sequences of different lengths in one call (the stream worker's tick).
@@ -92,7 +110,7 @@ class LSTMForecaster(nn.Module):
         lens = lengths[order]
         widths = [int((lens > t).sum()) for t in range(int(lens[0]))]
         dev = x.device
-        xs = x.index_select(0, order.to(dev))  # [B, Tmax, I], sorted
+        xs = x[..., self.levels :].index_select(0, order.to(dev))  # [B, Tmax, I'], sorted
         h = state[0].index_select(1, order.to(dev))  # [L, B, Hd], sorted (a copy)
         c = state[1].index_select(1, order.to(dev))
         tops = []
@@ -111,4 +129,7 @@ class LSTMForecaster(nn.Module):
         steps = np.arange(int(n_len.sum())) - np.repeat(first, n_len)  # step of each output row
         pos = torch.from_numpy(starts[steps] + np.repeat(inv, n_len))  # row in `top`
         unsort = torch.from_numpy(inv).to(dev)
-        return self._head(top[pos.to(dev)]), (h.index_select(1, unsort), c.index_select(1, unsort))
+        valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]  # [B, Tmax], key-major
+        x_rows = x[valid.to(dev)]  # the inputs of the output rows, in the same order
+        y = self._head(top[pos.to(dev)], x_rows)
+        return y, (h.index_select(1, unsort), c.index_select(1, unsort))

@@ -1,7 +1,8 @@
 """From raw rows to model inputs and from model outputs to values: shared by predict, evaluate
 and the stream worker, so that offline and streaming forecasts are computed the same way.
 
-Inputs per row: the features standardised with the training statistics, then the calendar
+Inputs per row: the features standardised with the training statistics, with ``norm="diff"``
+their change since the key's previous row (zero at a key's first row), then the calendar
 encodings of the row's time. Outputs: ``[N, H, n_t, n_q]`` on the standardised target scale;
 :meth:`Forecaster.to_original` maps them back.
 """
@@ -38,16 +39,37 @@ class Forecaster:
 
     # -- encoding -------------------------------------------------------------------------
     def inputs(
-        self, values: np.ndarray, ts_ms: np.ndarray, keys: Sequence[str] | np.ndarray
+        self,
+        values: np.ndarray,
+        ts_ms: np.ndarray,
+        keys: Sequence[str] | np.ndarray,
+        prev: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``values [N, F]`` raw features, ``ts_ms [N]`` → ``[N, I]`` float32 model inputs."""
+        """``values [N, F]`` raw features, ``ts_ms [N]`` → ``[N, I]`` float32 model inputs.
+
+        ``prev [N, F]``: each row's key's previous raw values (NaN: none), needed by
+        ``norm="diff"`` models (:attr:`needs_previous`) and ignored by the others."""
         mean, std = self.feature_scaler.stats(keys)  # [N, F] each
+        scaled = self._scaled(values, mean, std)  # [N, F]
+        parts = [scaled]
+        if self.needs_previous:
+            if prev is None:
+                raise ValueError("a norm='diff' model needs each row's previous values (prev)")
+            change = scaled - self._scaled(prev, mean, std)  # [N, F], NaN where no previous
+            parts.append(np.nan_to_num(change, nan=0.0))
+        parts.append(calendar_features(ts_ms, self.calendar, self.config.timezone))  # [N, 2E]
+        return np.concatenate(parts, axis=1)  # [N, I]
+
+    @property
+    def needs_previous(self) -> bool:
+        """Whether :meth:`inputs` reads each row's previous values (``norm="diff"``)."""
+        return self.config.norm == "diff"
+
+    def _scaled(self, values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         v = values.astype(np.float32)
         if self.log_features.any():
             v[:, self.log_features] = np.log1p(np.maximum(v[:, self.log_features], 0))
-        scaled = (v - mean) / std  # [N, F]
-        cal = calendar_features(ts_ms, self.calendar, self.config.timezone)  # [N, 2E]
-        return np.concatenate([scaled, cal], axis=1)  # [N, F + 2E]
+        return (v - mean) / std
 
     def to_original(self, y: np.ndarray, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """``[N, H, n_t, n_q]`` standardised → original target units."""
@@ -101,6 +123,14 @@ class Forecaster:
         feats = list(self.config.features)
         for _, idx in df.groupby(KEY, sort=False).indices.items():
             rows = df.iloc[idx]
-            x = self.inputs(rows[feats].to_numpy(), rows[TS].to_numpy(), rows[KEY].tolist())
+            v = rows[feats].to_numpy()
+            x = self.inputs(v, rows[TS].to_numpy(), rows[KEY].tolist(), previous_rows(v))
             out[idx] = self.run_sequence(x)
         return out
+
+
+def previous_rows(values: np.ndarray) -> np.ndarray:
+    """One key's rows in order ``[N, F]`` → the row before each (NaN before the first)."""
+    prev = np.full(values.shape, np.nan, dtype=np.float64)
+    prev[1:] = values[:-1]
+    return prev

@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FORMAT = "stream-lstm/1"
 KINDS = ("lstm", "cnn-lstm-attn")
+# normalisation that follows drift (docs/accuracy.md): ``revin`` for windowed kinds, ``diff``
+# for the stateful kind; ``none``: the training-span standardisation only (older artifacts)
+NORMS = ("none", "revin", "diff")
 
 
 class ModelConfig(BaseModel):
@@ -35,6 +38,13 @@ class ModelConfig(BaseModel):
     scaling: Literal["global", "per-key"] = "global"
     # columns modelled as log(1 + max(x, 0)) before standardisation (counts, volumes)
     log1p: list[str] = Field(default_factory=list)
+    # ``revin`` (windowed kinds): each window's features are normalised by the window's own
+    # mean and spread, and the forecasts of targets that are features are mapped back with them
+    # (reversible instance normalisation). ``diff`` (the stateful kind): the LSTM reads each
+    # event's change since the key's previous event, and forecasts targets that are features
+    # as offsets from the event's own value — no level is learned, so a level that moves after
+    # training is followed without retraining.
+    norm: Literal["none", "revin", "diff"] = "none"
     # provenance, for `stream-lstm models` and reproducibility (not used for inference)
     training: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
@@ -49,6 +59,10 @@ class ModelConfig(BaseModel):
             raise ValueError("quantiles must include 0.5 (the point forecast)")
         if len(set(self.features)) != len(self.features):
             raise ValueError("features must be distinct")
+        if self.norm == "revin" and self.kind == "lstm":
+            raise ValueError("norm 'revin' is for windowed kinds; the stateful lstm uses 'diff'")
+        if self.norm == "diff" and self.kind != "lstm":
+            raise ValueError("norm 'diff' is for the stateful lstm; windowed kinds use 'revin'")
         unknown = [c for c in self.log1p if c not in self.features and c not in self.targets]
         if unknown:
             raise ValueError(f"log1p columns {unknown} are neither features nor targets")
@@ -56,7 +70,15 @@ class ModelConfig(BaseModel):
 
     @property
     def input_size(self) -> int:
-        return len(self.features) + 2 * len(self.calendar)
+        """Columns of the encoded inputs: the scaled features, their changes since the key's
+        previous event (``diff`` only), then the calendar encodings."""
+        per = 2 if self.norm == "diff" else 1
+        return per * len(self.features) + 2 * len(self.calendar)
+
+    @property
+    def target_features(self) -> list[int]:
+        """Index among the features of each target (-1: the target is not a feature)."""
+        return [self.features.index(t) if t in self.features else -1 for t in self.targets]
 
     @property
     def n_targets(self) -> int:

@@ -464,9 +464,15 @@ class Engine:
         pos = np.arange(n) - first[kpos]  # index of the event within its key this tick
         slots = slots_u[uk]
         ev_keys = keys[a_idx]
-        x = fc.inputs(values[a_idx], ts[a_idx], ev_keys)  # [n, I]
+        v = values[a_idx]
+        prev = None
+        if fc.needs_previous:  # each event's key's previous values: this tick's, else stored
+            prev = np.empty(v.shape, np.float64)
+            prev[1:] = v[:-1]
+            prev[pos == 0] = cache.last_v[slots]
+        x = fc.inputs(v, ts[a_idx], ev_keys, prev)  # [n, I]
         y = self.step(cache, slots, kpos, pos, counts, x)  # ONE model call
-        cache.append(slots[kpos], pos, counts[kpos], values[a_idx], ts[a_idx])
+        cache.append(slots[kpos], pos, counts[kpos], v, ts[a_idx])
         last = first + counts - 1
         cache.last_offset[slots] = offs[a_idx][last]
         cache.last_ts[slots] = ts[a_idx][last]

@@ -76,7 +76,10 @@ class StatefulStep(_Step):
             r_row = np.repeat(rb, pre[rb])
             r_col = np.arange(len(r_row)) - np.repeat(np.cumsum(pre[rb]) - pre[rb], pre[rb])
             w_keys = np.repeat(keys_of(fc, cache, slots[rb]), pre[rb])
-            xp[r_row, r_col] = fc.inputs(w_raw, w_ts, w_keys)
+            w_prev = np.full(w_raw.shape, np.nan)  # within each key's stored window
+            w_prev[1:] = w_raw[:-1]
+            w_prev[r_col == 0] = np.nan
+            xp[r_row, r_col] = fc.inputs(w_raw, w_ts, w_keys, w_prev)
             cache.h[slots[rb]], cache.c[slots[rb]] = cache.init_h, cache.init_c
         xp[kpos, pre[kpos] + pos] = x
         y_all, h, c = self.runner.run_stateful(xp, lengths, cache.h[slots], cache.c[slots])

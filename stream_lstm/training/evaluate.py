@@ -1,11 +1,24 @@
-"""Evaluation as the stream sees it, next to two baselines on exactly the same (origin, h) pairs.
+"""Evaluation as the stream sees it, next to three baselines on exactly the same (origin, h) pairs.
 
 Forecasts are the ones the worker would publish: each key runs from its first row through the
 rows as they are (no gap filling, no anomaly repair). A forecast made at time t for step h is
 scored against the actual at t + h·interval when that row exists. Baselines on the same pairs:
-persistence (the last value) and seasonal naive (the value one season before the target time).
-Metrics: MSE, MAE, RMSE, sMAPE per horizon step and overall, in original units and on the
-standardised scale the model is trained on.
+
+* ``linear``: NLinear (Zeng et al., AAAI 2023, "Are Transformers Effective for Time Series
+  Forecasting?"). From an origin, steps 1..H are ``last + W·(window − last) + b``, where
+  ``window`` is the target's last T values of that key up to and including the origin (a key's
+  first rows pad with its first value) and ``last`` the origin's value. ``W [H, T]`` and
+  ``b [H]`` are shared by all keys and targets (channel-independent) and fitted in closed form
+  (ridge least squares) on the standardised scale, on origins outside the evaluated split whose
+  inputs and H future actuals are outside it too (for the test split: train + val). With no such
+  origin it is fitted on the split itself, and ``linear_fit["fit"]`` says ``"in-sample"``.
+* ``seasonal_naive``: the value one season before the target time.
+* ``persistence``: the last value.
+
+Metrics: MSE, MAE, RMSE, sMAPE per horizon step, per target and overall, in original units and
+on the standardised scale the model is trained on. ``flags`` lists each target (and, with more
+than one target, the pooled score) on which the model's standardised MSE is not below a
+baseline's.
 """
 
 from __future__ import annotations
@@ -18,16 +31,25 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 
 from stream_lstm.data.calendar import MS_PER_DAY
 from stream_lstm.data.loading import KEY, TS
-from stream_lstm.data.splits import SplitPoints
+from stream_lstm.data.splits import SPLITS, SplitPoints
 from stream_lstm.errors import DataError
 from stream_lstm.model.artifact import write_file
 from stream_lstm.model.runtime import Forecaster
 
-METHODS = ("model", "persistence", "seasonal_naive")
+METHODS = ("model", "linear", "seasonal_naive", "persistence")  # the model, then the baselines
 METRICS = ("mse", "mae", "rmse", "smape")
+BASELINE_NAMES = {
+    "linear": "the linear baseline",
+    "seasonal_naive": "seasonal naive",
+    "persistence": "persistence",
+}
+LINEAR_MAX_SAMPLES = 50_000  # (origin, target) pairs the linear baseline is fitted on, at most
+LINEAR_RIDGE = 1e-3  # ridge penalty, relative to the mean diagonal of the Gram matrix
+LINEAR_SEED = 0  # for the subsample when there are more candidate pairs
 
 
 def stream_rows(frame: pd.DataFrame, features: list[str], missing: str = "dlq") -> pd.DataFrame:
@@ -81,8 +103,11 @@ def infer_season(frame: pd.DataFrame, target: str, interval_ms: int) -> int:
     return int(best)
 
 
-def _metrics(pred: np.ndarray, actual: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """pred, actual ``[N, H, n_t]``, mask ``[N, H]`` → per-h lists and overall values."""
+def _metrics(
+    pred: np.ndarray, actual: np.ndarray, mask: np.ndarray, targets: list[str]
+) -> dict[str, Any]:
+    """pred, actual ``[N, H, n_t]``, mask ``[N, H]`` → per-h lists, per-target and overall
+    values (per target: also its count of scored values; overall pools all targets)."""
     m = mask[..., None] & np.isfinite(actual) & np.isfinite(pred)
     err = np.where(m, pred - actual, 0.0)
     denom = np.abs(actual) + np.abs(pred)
@@ -109,6 +134,21 @@ def _metrics(pred: np.ndarray, actual: np.ndarray, mask: np.ndarray) -> dict[str
             "rmse": [math.sqrt(v) for v in mse_h],
             "smape": smape_h,
         },
+        "per_target": {
+            name: _pooled(err[..., j], sm[..., j], int(m[..., j].sum()))
+            for j, name in enumerate(targets)
+        },
+    }
+
+
+def _pooled(err: np.ndarray, sm: np.ndarray, n: int) -> dict[str, Any]:
+    mse = float((err**2).sum() / max(n, 1))
+    return {
+        "mse": mse,
+        "mae": float(np.abs(err).sum() / max(n, 1)),
+        "rmse": math.sqrt(mse),
+        "smape": float(sm.sum() * 100 / max(n, 1)),
+        "count": n,
     }
 
 
@@ -121,6 +161,10 @@ class EvalResult:
     origins: int
     scores: dict[str, dict[str, dict[str, Any]]]  # method → scale → metrics
     coverage: dict[str, float] = field(default_factory=dict)
+    # where the model's standardised MSE is not below a baseline's (see baseline_flags)
+    flags: list[str] = field(default_factory=list)
+    # how the linear baseline was fitted (see linear_baseline)
+    linear_fit: dict[str, Any] = field(default_factory=dict)
     # for plots: a few keys' recent actuals and forecasts (original units)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -136,6 +180,8 @@ class EvalResult:
             "origins": self.origins,
             "scores": self.scores,
             "coverage": self.coverage,
+            "flags": self.flags,
+            "linear_fit": self.linear_fit,
         }
 
 
@@ -161,22 +207,33 @@ def evaluate(
     y_orig = fc.to_original(y_std, keys)
     point = y_orig[..., cfg.point_index]  # [N, H, n_t]
     steps = np.arange(1, H + 1)
-    actual = lookup(rows, targets, ts[:, None] + steps[None, :] * dt)  # [N, H, n_t]
+    when = ts[:, None] + steps[None, :] * dt  # [N, H] target times
+    actual = lookup(rows, targets, when)  # [N, H, n_t]
+    actual_std = fc.to_standard(actual, keys)
     if season is None:
         season = infer_season(rows[~in_split], targets[0], dt) if (~in_split).any() else 1
     back = season * np.ceil(steps / season).astype(np.int64)  # steps back from the target
     seasonal = lookup(rows, targets, ts[:, None] + (steps - back)[None, :] * dt)
     persistence = np.repeat(rows[targets].to_numpy(dtype=np.float64)[:, None, :], H, axis=1)
+    future_in_split = points.mask(when, split) if points is not None else np.ones(when.shape, bool)
+    linear, linear_fit = linear_baseline(fc, rows, in_split, future_in_split, actual_std)
+    if points is not None and split in SPLITS:
+        linear_fit["span"] = "+".join(s for s in SPLITS if s != split)
+    preds = {
+        "model": point,
+        "linear": linear,
+        "seasonal_naive": seasonal,
+        "persistence": persistence,
+    }
+    assert tuple(preds) == METHODS
     mask = in_split[:, None] & np.isfinite(actual).all(-1)
-    for base in (seasonal, persistence):
-        mask &= np.isfinite(base).all(-1)
-    preds = {"model": point, "persistence": persistence, "seasonal_naive": seasonal}
+    for name in METHODS[1:]:
+        mask &= np.isfinite(preds[name]).all(-1)
     scores: dict[str, dict[str, dict[str, Any]]] = {}
-    actual_std = fc.to_standard(actual, keys)
     for name, p in preds.items():
         scores[name] = {
-            "original": _metrics(p, actual, mask),
-            "standardised": _metrics(fc.to_standard(p, keys), actual_std, mask),
+            "original": _metrics(p, actual, mask, targets),
+            "standardised": _metrics(fc.to_standard(p, keys), actual_std, mask, targets),
         }
     coverage: dict[str, float] = {}
     if len(cfg.quantiles) >= 2:
@@ -187,9 +244,118 @@ def evaluate(
                 inside.sum() / max(int(mask.sum()) * len(targets), 1)
             )
         }
-    result = EvalResult(split, int(season), H, targets, int(mask.any(1).sum()), scores, coverage)
+    result = EvalResult(
+        split,
+        int(season),
+        H,
+        targets,
+        int(mask.any(1).sum()),
+        scores,
+        coverage,
+        flags=baseline_flags(scores, targets),
+        linear_fit=linear_fit,
+    )
     result.samples = _samples(rows, in_split, point, y_orig, targets, cfg.quantiles)
     return result
+
+
+def key_windows(values: np.ndarray, rows: pd.DataFrame, T: int) -> np.ndarray:
+    """``values [N, C]`` (one per row of ``rows``, sorted by key, time) → ``[N, C, T]``: each
+    row's last ``T`` values of its key, oldest first, up to and including the row itself. A key's
+    first rows, with fewer than ``T - 1`` predecessors, pad by repeating the key's first value."""
+    out = np.empty((len(values), values.shape[1], T), dtype=values.dtype)
+    for idx in rows.groupby(KEY, sort=False).indices.values():
+        v = values[idx]
+        padded = np.concatenate([np.repeat(v[:1], T - 1, axis=0), v], axis=0)
+        out[idx] = sliding_window_view(padded, T, axis=0)  # [n, C, T]
+    return out
+
+
+def linear_baseline(
+    fc: Forecaster,
+    rows: pd.DataFrame,
+    in_split: np.ndarray,
+    future_in_split: np.ndarray,
+    actual_std: np.ndarray,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """NLinear (Zeng et al., AAAI 2023): ``last + W·(window − last) + b`` for steps 1..H, with
+    ``W [H, T]`` and ``b [H]`` shared by keys and targets, fitted by ridge least squares on the
+    standardised scale. Returns the forecasts in original units ``[N, H, n_t]`` (NaN where the
+    window holds a missing value) and how they were fitted.
+
+    Fitting pairs (origin, target): the origin, the rows of its window and its H target times
+    all lie outside the evaluated split (``in_split``, ``future_in_split [N, H]``), and its H
+    future actuals ``actual_std [N, H, n_t]`` exist. With none, the pairs of the split itself
+    (``"fit": "in-sample"``). More than :data:`LINEAR_MAX_SAMPLES` pairs: a seeded subsample.
+    """
+    cfg = fc.config
+    T, H, targets = cfg.time_step, cfg.horizon, list(cfg.targets)
+    keys = rows[KEY].tolist()
+    z = fc.to_standard(rows[targets].to_numpy(dtype=np.float64), keys)  # [N, n_t]
+    win = key_windows(z, rows, T) - z[..., None]  # [N, n_t, T], relative to the last value
+    window_ok = np.isfinite(win).all(-1)  # [N, n_t]
+    future_ok = np.isfinite(actual_std).all(1)  # [N, n_t]
+    touches = key_windows(in_split[:, None], rows, T)[:, 0].any(-1)  # [N]
+    outside = ~in_split & ~touches & ~future_in_split.any(1)  # [N]
+    fit = "out-of-sample"
+    ok = window_ok & future_ok & outside[:, None]
+    if not ok.any():
+        fit = "in-sample"
+        ok = window_ok & future_ok
+    i, j = np.nonzero(ok)
+    candidates = len(i)
+    if candidates > LINEAR_MAX_SAMPLES:
+        pick = np.random.default_rng(LINEAR_SEED).choice(candidates, LINEAR_MAX_SAMPLES, False)
+        pick.sort()
+        i, j = i[pick], j[pick]
+    W, b, ridge = np.zeros((H, T)), np.zeros(H), 0.0
+    if len(i):
+        X = np.concatenate([win[i, j], np.ones((len(i), 1))], axis=1)  # [M, T + 1]
+        Y = actual_std[i, :, j] - z[i, j][:, None]  # [M, H]
+        gram = X.T @ X
+        scale = float(np.trace(gram[:T, :T])) / T  # the mean squared input
+        ridge = LINEAR_RIDGE * (scale if scale > 0 else 1.0)
+        gram[np.arange(T), np.arange(T)] += ridge  # the bias is not penalised
+        beta = np.linalg.solve(gram, X.T @ Y)  # [T + 1, H]
+        W, b = beta[:T].T, beta[T]
+    else:
+        fit = "none"  # no origin has a full window and H actuals: the forecast is persistence
+    pred_std = z[:, None, :] + (win @ W.T).transpose(0, 2, 1) + b[None, :, None]  # [N, H, n_t]
+    pred = fc.to_original(pred_std[..., None], keys)[..., 0]  # [N, H, n_t]
+    ts = rows[TS].to_numpy()
+    info: dict[str, Any] = {
+        "fit": fit,
+        "origins": int(np.unique(i).size),
+        "samples": len(i),
+        "candidates": candidates,
+        "first_origin_ms": int(ts[i].min()) if len(i) else None,
+        "last_origin_ms": int(ts[i].max()) if len(i) else None,
+        "window": T,
+        "ridge": ridge,
+    }
+    return pred, info
+
+
+def baseline_flags(scores: dict[str, dict[str, dict[str, Any]]], targets: list[str]) -> list[str]:
+    """One line for each baseline and target where the model's standardised MSE is not below
+    the baseline's, and one for the pooled score when there is more than one target."""
+    flags = []
+    model = scores["model"]["standardised"]
+    for base in METHODS[1:]:
+        if base not in scores:  # an older result
+            continue
+        other = scores[base]["standardised"]
+        checks = [(f"on {t}", model["per_target"][t], other["per_target"][t]) for t in targets]
+        if len(targets) > 1:
+            pooled = {**model["overall"], "count": model["count"]}
+            checks.insert(0, ("overall", pooled, other["overall"]))
+        for where, mine, theirs in checks:
+            if mine["count"] and not mine["mse"] < theirs["mse"]:
+                flags.append(
+                    f"model does not beat {BASELINE_NAMES[base]} {where} "
+                    f"(standardised MSE {mine['mse']:.4g} vs {theirs['mse']:.4g})"
+                )
+    return flags
 
 
 def _samples(

@@ -14,8 +14,9 @@ import copy
 import itertools
 import logging
 import random
+import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +40,23 @@ from stream_lstm.data.loading import (
 from stream_lstm.data.splits import SplitPoints, split_points
 from stream_lstm.data.windows import horizon_targets
 from stream_lstm.errors import ConfigError, DataError
-from stream_lstm.model.artifact import Artifact, build_module, check_output_dir, save_artifact
+from stream_lstm.model.artifact import (
+    Artifact,
+    build_module,
+    check_output_dir,
+    save_artifact,
+    write_file,
+)
 from stream_lstm.model.cnn_lstm_attn import CNNLSTMAttention
 from stream_lstm.model.device import pick_device
 from stream_lstm.model.lstm import LSTMForecaster
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.model.scaling import Scaler
-from stream_lstm.model.spec import ModelConfig
+from stream_lstm.model.spec import NORMS, ModelConfig
 
 log = logging.getLogger(__name__)
 LOSSES = ("mse", "mae", "pinball")
+REPAIRS_FILE = "repairs.csv"  # the rows anomaly repair changed: key, ts, column, old, new
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class TrainOptions:
     calendar: tuple[str, ...] | None = None  # None: chosen from the interval
     timezone: str = "UTC"
     scaling: str = "global"
+    norm: str = "auto"  # auto: diff for the stateful lstm, revin for windowed kinds
     log1p: tuple[str, ...] = ()
     epochs: int = 30
     batch_size: int = 32
@@ -85,8 +94,12 @@ class TrainOptions:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_dates: tuple[str, str] | None = None
     progress: bool = True
+    search: bool = False  # try SEARCH candidates, keep the best on the validation span
+    search_budget: float = 1800.0  # seconds: no candidate starts after this
 
     def check(self) -> None:
+        if self.search_budget <= 0:
+            raise ConfigError("--search-budget must be > 0 seconds")
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
         if self.quantiles and self.loss != "pinball":
@@ -96,6 +109,19 @@ class TrainOptions:
         for name in ("epochs", "batch_size", "time_step", "horizon", "tbptt_chunks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        norm = self.resolved_norm
+        if norm not in NORMS:
+            raise ConfigError(f"--norm must be auto or one of {NORMS}, got {self.norm!r}")
+        if norm == "revin" and self.kind == "lstm":
+            raise ConfigError("--norm revin is for windowed models; the stateful lstm uses diff")
+        if norm == "diff" and self.kind != "lstm":
+            raise ConfigError("--norm diff is for the stateful lstm; windowed models use revin")
+
+    @property
+    def resolved_norm(self) -> str:
+        if self.norm != "auto":
+            return self.norm
+        return "diff" if self.kind == "lstm" else "revin"
 
 
 def seed_everything(seed: int) -> None:
@@ -123,6 +149,7 @@ class Prepared:
     scaler: Scaler
     config: ModelConfig
     segments: list[Segment]
+    repairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # key, ts, column, old, new
 
 
 def prepare(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
@@ -134,7 +161,9 @@ def prepare(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
     reg = regularize(
         df, report.interval_ms, cols, fill=opts.fill, max_gap=opts.max_gap, report=report
     )
-    reg, report.anomalies_repaired = repair_frame(reg, cols, opts.repair, SEGMENT)
+    reg, report.anomalies_repaired, repairs = repair_frame(
+        reg, cols, opts.repair, SEGMENT, interval_ms=report.interval_ms, ts_col=TS, key_col=KEY
+    )
     labels = points.label(reg[TS].to_numpy())
     unknown = [c for c in opts.log1p if c not in cols]
     if unknown:
@@ -167,6 +196,7 @@ def prepare(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
         conv_kernel=opts.conv_kernel,
         attention_size=opts.attention_size,
         scaling=opts.scaling,  # type: ignore[arg-type]
+        norm=opts.resolved_norm,  # type: ignore[arg-type]
         log1p=list(opts.log1p),
         training={k: v for k, v in asdict(opts).items() if k != "progress"},
         data={
@@ -178,13 +208,16 @@ def prepare(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
     )
     enc = Forecaster(Artifact(config, scaler, build_module(config), "untrained"))
     segments = []
+    feats = list(spec.features)
+    # each row's key's previous row (across segment breaks, as the stream sees it)
+    prev_all = reg.groupby(KEY, sort=False)[feats].shift(1).to_numpy(dtype=np.float64)
     for _, idx in reg.groupby(SEGMENT, sort=True).indices.items():
         rows = reg.iloc[idx]
         keys = rows[KEY].tolist()
-        x = enc.inputs(rows[list(spec.features)].to_numpy(), rows[TS].to_numpy(), keys)
+        x = enc.inputs(rows[feats].to_numpy(), rows[TS].to_numpy(), keys, prev_all[idx])
         y = enc.to_standard(rows[list(spec.targets)].to_numpy(), keys).astype(np.float32)
         segments.append(Segment(x, y, labels[idx]))
-    return Prepared(df, report, points, scaler, config, segments)
+    return Prepared(df, report, points, scaler, config, segments, repairs)
 
 
 # -- losses -----------------------------------------------------------------------------------
@@ -451,28 +484,140 @@ def _window_val_loss(
     return total / max(count, 1)
 
 
+# -- model selection --------------------------------------------------------------------------
+def candidates(opts: TrainOptions) -> list[tuple[str, TrainOptions]]:
+    """``train --search``: the configurations tried, in this order (the given settings first).
+
+    Each changes one thing from the given settings: the normalisation (``none`` instead of
+    diff/revin, or the other way round), the hidden size (doubled), the loss (MAE for an MSE
+    point model, MSE for an MAE one) and the window (``time_step`` doubled). Candidates are
+    compared by the standardised MSE of their forecasts on the validation span, scored as the
+    stream sees it (:func:`stream_lstm.training.evaluate.evaluate` with ``split="val"``)."""
+    other_norm = (
+        "none" if opts.resolved_norm != "none" else ("diff" if opts.kind == "lstm" else "revin")
+    )
+    out = [
+        ("given", opts),
+        (f"norm {other_norm}", replace(opts, norm=other_norm)),
+        (f"hidden {2 * opts.hidden_size}", replace(opts, hidden_size=2 * opts.hidden_size)),
+    ]
+    if opts.loss in ("mse", "mae"):
+        loss = "mae" if opts.loss == "mse" else "mse"
+        out.append((f"loss {loss}", replace(opts, loss=loss)))
+    out.append((f"time_step {2 * opts.time_step}", replace(opts, time_step=2 * opts.time_step)))
+    return out
+
+
+@dataclass
+class Trained:
+    prep: Prepared
+    module: nn.Module
+    hist: History
+    val_mse: float  # standardised MSE of the forecasts on the validation span
+    seconds: float
+
+
+def _train_one(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Trained:
+    from stream_lstm.training import evaluate as ev
+
+    t0 = time.perf_counter()
+    prep = prepare(path, spec, opts)
+    module, hist = fit(prep, opts)
+    fc = Forecaster(Artifact(prep.config, prep.scaler, module, "candidate"))
+    val = ev.evaluate(fc, prep.frame, prep.points, split="val")
+    mse = float(val.scores["model"]["standardised"]["overall"]["mse"])
+    return Trained(prep, module, hist, mse, time.perf_counter() - t0)
+
+
+def search(
+    path: Path, spec: SeriesSpec, opts: TrainOptions
+) -> tuple[Trained, list[dict[str, Any]]]:
+    """Train each of :func:`candidates` while the budget lasts; the best on validation wins.
+
+    The given settings always run; a later candidate starts only while the time spent is
+    below ``opts.search_budget``. Returns the winner and every candidate's record."""
+    t0 = time.perf_counter()
+    best: Trained | None = None
+    records: list[dict[str, Any]] = []
+    for name, c in candidates(opts):
+        spent = time.perf_counter() - t0
+        rec: dict[str, Any] = {
+            "name": name,
+            "norm": c.resolved_norm,
+            "hidden_size": c.hidden_size,
+            "loss": c.loss,
+            "time_step": c.time_step,
+        }
+        if best is not None and spent >= opts.search_budget:
+            rec["skipped"] = f"budget of {opts.search_budget:.0f} s spent ({spent:.0f} s)"
+            records.append(rec)
+            log.info("search: %s skipped (%s)", name, rec["skipped"])
+            continue
+        try:
+            c.check()
+            t = _train_one(path, spec, c)
+        except (ConfigError, DataError) as e:
+            rec["skipped"] = str(e)
+            records.append(rec)
+            log.info("search: %s skipped (%s)", name, e)
+            continue
+        rec.update(val_mse=t.val_mse, seconds=round(t.seconds, 1), best_epoch=t.hist.best_epoch)
+        records.append(rec)
+        log.info("search: %s validation MSE %.4f (%.0f s)", name, t.val_mse, t.seconds)
+        if best is None or t.val_mse < best.val_mse:
+            best = t
+            for r in records:
+                r["chosen"] = r is rec
+    assert best is not None
+    return best, records
+
+
 def train(
     path: Path, spec: SeriesSpec, opts: TrainOptions, out: Path
 ) -> tuple[Artifact, dict[str, Any]]:
-    """Prepare, fit, save the artifact, evaluate on the test span, write metrics and plots.
+    """Prepare, fit (or search), save the artifact, evaluate on the test span, write metrics,
+    the repaired rows and plots.
 
     ``out`` is checked first: a path that cannot be written fails before any data is read."""
     from stream_lstm.training import evaluate as ev
 
     check_output_dir(out)
-    prep = prepare(path, spec, opts)
+    opts.check()
+    records: list[dict[str, Any]] | None = None
+    if opts.search:
+        won, records = search(path, spec, opts)
+        prep, module, hist = won.prep, won.module, won.hist
+    else:
+        prep = prepare(path, spec, opts)
+        module, hist = fit(prep, opts)
     for line in prep.report.lines():
         log.info("data: %s", line)
-    module, hist = fit(prep, opts)
     version = save_artifact(out, prep.config, module, prep.scaler)
     artifact = Artifact(prep.config, prep.scaler, module, version, path=out)
     result = ev.evaluate(Forecaster(artifact), prep.frame, prep.points, split="test")
+    for flag in result.flags:
+        log.warning("%s", flag)
+    write_file(out / REPAIRS_FILE, prep.repairs.to_csv(index=False).encode())
+    cfg = prep.config
     metrics = {
         "version": version,
-        "data": asdict(prep.report),
+        "model": {
+            "kind": cfg.kind,
+            "norm": cfg.norm,
+            "time_step": cfg.time_step,
+            "hidden_size": cfg.hidden_size,
+            "loss": cfg.training.get("loss"),
+        },
+        "data": {**asdict(prep.report), "repairs_file": REPAIRS_FILE},
         "training": asdict(hist),
         "evaluation": result.to_json(),
     }
+    if records is not None:
+        metrics["search"] = {
+            "budget_s": opts.search_budget,
+            "score": "standardised MSE on the validation span",
+            "candidates": records,
+        }
     ev.write_report(out, metrics)
     ev.plot_all(out / "plots", hist, result)
     artifact.metrics = metrics

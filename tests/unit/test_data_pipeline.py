@@ -108,10 +108,12 @@ def test_anomaly_is_replaced_by_neighbour_mean() -> None:
     fixed = repair_series(x, flags)
     assert fixed[100] == pytest.approx((x[99] + x[101]) / 2)
     df = pd.DataFrame({"g": "a", "x": x})
-    _, counts = repair_frame(df, ["x"], RepairRule(), "g")
+    # repair_frame also returns the repaired rows (without interval_ms: the rolling rule)
+    _, counts, repairs = repair_frame(df, ["x"], RepairRule(), "g")
     assert counts == {"x": 1}
-    _, off = repair_frame(df, ["x"], RepairRule(enabled=False), "g")
-    assert off == {"x": 0}
+    assert repairs[["ts", "column", "old"]].values.tolist() == [[100, "x", 80.0]]
+    _, off, none = repair_frame(df, ["x"], RepairRule(enabled=False), "g")
+    assert off == {"x": 0} and none.empty
 
 
 def test_split_is_chronological_and_global() -> None:

@@ -15,7 +15,7 @@ from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact, save_artifact
 from stream_lstm.model.lstm import LSTMForecaster
-from stream_lstm.model.runtime import Forecaster
+from stream_lstm.model.runtime import Forecaster, previous_rows
 from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
 from stream_lstm.runtime.events import decode_forecast
 from stream_lstm.stores.memory import MemoryStore
@@ -185,10 +185,11 @@ def test_a_new_model_version_rebuilds_state_from_the_window(
     for key, t_switch in switch_ts.items():
         k = df[df[KEY] == key]
         before, after = k[k[TS] <= t_switch].tail(T), k[k[TS] > t_switch]
-        x1 = fc2.inputs(
-            before[["f0", "f1"]].to_numpy(), before[TS].to_numpy(), before[KEY].tolist()
-        )
-        x2 = fc2.inputs(after[["f0", "f1"]].to_numpy(), after[TS].to_numpy(), after[KEY].tolist())
+        # the replay reads the stored window alone: its first row has no previous row
+        both = pd.concat([before, after])
+        v = both[["f0", "f1"]].to_numpy()
+        x = fc2.inputs(v, both[TS].to_numpy(), both[KEY].tolist(), previous_rows(v))
+        x1, x2 = x[: len(before)], x[len(before) :]
         with torch.inference_mode():
             _, state = m(torch.from_numpy(x1)[None])
             _, (h, _) = m(torch.from_numpy(x2)[None], state)

@@ -16,7 +16,7 @@ import torch
 from stream_lstm.data.loading import KEY, TS, SeriesSpec, load_frame
 from stream_lstm.errors import ModelError
 from stream_lstm.model.artifact import content_version, load_artifact
-from stream_lstm.model.runtime import Forecaster
+from stream_lstm.model.runtime import Forecaster, previous_rows
 from stream_lstm.model.scaling import Scaler
 from stream_lstm.training.predict import predict_frame
 from stream_lstm.training.train import prepare
@@ -174,7 +174,8 @@ def test_predict_is_deterministic_and_covers_every_row(tiny_model: Path, synth_c
     assert sorted(a["h"].unique()) == list(range(1, H + 1))
     # the forecast after a key's row equals running that key alone from its first row
     k0 = frame[frame[KEY] == "k0"]
-    x = fc.inputs(k0[["f0", "f1"]].to_numpy(), k0[TS].to_numpy(), k0[KEY].tolist())
+    v = k0[["f0", "f1"]].to_numpy()
+    x = fc.inputs(v, k0[TS].to_numpy(), k0[KEY].tolist(), previous_rows(v))
     alone = fc.to_original(fc.run_sequence(x), k0[KEY].tolist())[:, :, 0, 0]
     got = a[a["key"] == "k0"]["value"].to_numpy().reshape(len(k0), H)
     np.testing.assert_allclose(got, alone, rtol=1e-6)

@@ -1,0 +1,188 @@
+"""Issue 17: normalisation that follows drift, model search, repaired rows in the artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stream_lstm.data.loading import KEY, TS, load_frame
+from stream_lstm.errors import ConfigError
+from stream_lstm.model.artifact import Artifact, build_module, load_artifact
+from stream_lstm.model.cnn_lstm_attn import CNNLSTMAttention
+from stream_lstm.model.runtime import Forecaster
+from stream_lstm.model.scaling import Scaler
+from stream_lstm.model.spec import ModelConfig
+from stream_lstm.training.predict import predict_frame
+from stream_lstm.training.train import REPAIRS_FILE, candidates, train
+from tests.unit.conftest import SPEC, tiny_options
+
+
+def _forecaster(kind: str, norm: str, seed: int = 0) -> Forecaster:
+    """An untrained (random) model over features f0, f1, target f0, global scaling."""
+    cfg = ModelConfig(
+        kind=kind,  # type: ignore[arg-type]
+        features=["f0", "f1"],
+        targets=["f0"],
+        time_step=8,
+        horizon=3,
+        interval_ms=60_000,
+        hidden_size=8,
+        num_layers=1,
+        dropout=0.0,
+        norm=norm,  # type: ignore[arg-type]
+    )
+    scaler = Scaler(["f0", "f1"], "global", np.array([10.0, -2.0]), np.array([3.0, 0.5]))
+    torch.manual_seed(seed)
+    module = build_module(cfg)
+    if norm == "revin":  # move the affine map away from identity: it must invert too
+        assert isinstance(module, CNNLSTMAttention)
+        assert module.revin_weight is not None and module.revin_bias is not None
+        with torch.no_grad():
+            module.revin_weight.uniform_(0.5, 1.5)
+            module.revin_bias.uniform_(-0.5, 0.5)
+    return Forecaster(Artifact(cfg, scaler, module, "test"))
+
+
+def _frame(level: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    n = 40
+    return pd.DataFrame(
+        {
+            KEY: ["k"] * n,
+            TS: np.arange(n, dtype=np.int64) * 60_000,
+            "f0": 10 + 3 * np.sin(np.arange(n) / 4) + rng.normal(0, 0.3, n) + level,
+            "f1": -2 + rng.normal(0, 0.5, n),
+        }
+    )
+
+
+@pytest.mark.parametrize(("kind", "norm"), [("lstm", "diff"), ("cnn-lstm-attn", "revin")])
+def test_a_level_shift_moves_the_forecasts_by_the_same_amount(kind: str, norm: str) -> None:
+    """The property the normalisation exists for: a key whose target sits 500 units higher than
+    anything seen in training gets the same forecasts, 500 higher (for the windowed kind once
+    its window holds no zero context rows)."""
+    fc = _forecaster(kind, norm)
+    base = fc.to_original(fc.forecast_frame(_frame()), ["k"] * 40)[..., 0]
+    moved = fc.to_original(fc.forecast_frame(_frame(level=500.0)), ["k"] * 40)[..., 0]
+    skip = 0 if kind == "lstm" else 8  # windows still holding the zero context at the start
+    np.testing.assert_allclose(moved[skip:], base[skip:] + 500.0, atol=2e-3)
+
+
+@pytest.mark.parametrize(("kind", "norm"), [("lstm", "none"), ("cnn-lstm-attn", "none")])
+def test_without_the_normalisation_a_level_shift_is_not_followed(kind: str, norm: str) -> None:
+    """The same check fails without it (so the test above can fail)."""
+    fc = _forecaster(kind, norm)
+    base = fc.to_original(fc.forecast_frame(_frame()), ["k"] * 40)[..., 0]
+    moved = fc.to_original(fc.forecast_frame(_frame(level=500.0)), ["k"] * 40)[..., 0]
+    assert np.abs(moved[8:] - base[8:] - 500.0).max() > 100
+
+
+def test_diff_inputs_are_changes_since_the_previous_row_and_zero_at_the_first() -> None:
+    fc = _forecaster("lstm", "diff")
+    v = np.array([[13.0, -2.0], [16.0, -1.0], [10.0, -1.5]])
+    prev = np.array([[np.nan, np.nan], [13.0, -2.0], [16.0, -1.0]])
+    x = fc.inputs(v, np.zeros(3, np.int64), ["k"] * 3, prev)
+    np.testing.assert_allclose(x[:, :2], [[1, 0], [2, 2], [0, 1]], atol=1e-6)  # scaled levels
+    np.testing.assert_allclose(x[:, 2:4], [[0, 0], [1, 2], [-2, -1]], atol=1e-6)  # changes
+    with pytest.raises(ValueError, match="previous values"):
+        fc.inputs(v, np.zeros(3, np.int64), ["k"] * 3)
+
+
+def test_norm_must_suit_the_kind() -> None:
+    with pytest.raises(ConfigError, match="revin is for windowed"):
+        tiny_options(norm="revin").check()
+    with pytest.raises(ConfigError, match="diff is for the stateful"):
+        tiny_options(kind="cnn-lstm-attn", norm="diff").check()
+    assert tiny_options().resolved_norm == "diff"
+    assert tiny_options(kind="cnn-lstm-attn").resolved_norm == "revin"
+    with pytest.raises(ValueError, match="revin"):
+        ModelConfig(features=["a"], targets=["a"], time_step=2, horizon=1, interval_ms=1,
+                    norm="revin")  # fmt: skip
+
+
+def test_an_artifact_without_a_norm_loads_as_before(tiny_model: Path, tmp_path: Path) -> None:
+    """config.json written before issue 17 has no ``norm``: it means none, and loads."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old)
+    doc = json.loads((old / "config.json").read_text())
+    assert doc["norm"] == "diff"
+    del doc["norm"]
+    cfg = ModelConfig(**doc)
+    assert cfg.norm == "none" and cfg.input_size == 2 + 2 * len(cfg.calendar)
+
+
+def test_the_trained_artifact_records_norm_and_repairs(tiny_model: Path) -> None:
+    metrics = json.loads((tiny_model / "metrics.json").read_text())
+    assert metrics["model"]["norm"] == "diff"
+    assert metrics["data"]["repairs_file"] == REPAIRS_FILE
+    repairs = pd.read_csv(tiny_model / REPAIRS_FILE)
+    assert list(repairs.columns) == ["key", "ts", "column", "old", "new"]
+    assert len(repairs) == sum(metrics["data"]["anomalies_repaired"].values())
+    assert "linear" in metrics["evaluation"]["scores"]
+
+
+def test_repaired_rows_are_written_with_their_old_and_new_values(
+    synth_csv: Path, tmp_path: Path
+) -> None:
+    df = pd.read_csv(synth_csv)
+    hit = df.index[(df["key"] == "k1")][300]
+    df.loc[hit, "f0"] = df["f0"].abs().max() * 50  # one spike, far outside the pattern
+    path = tmp_path / "spiked.csv"
+    df.to_csv(path, index=False)
+    out = tmp_path / "m"
+    train(path, SPEC, tiny_options(epochs=1), out)
+    repairs = pd.read_csv(out / REPAIRS_FILE)
+    row = repairs[(repairs["key"] == "k1") & (repairs["column"] == "f0")]
+    frame, _ = load_frame(path, SPEC)
+    ts = frame[(frame[KEY] == "k1")][TS].to_numpy()[300]
+    spike = row[row["ts"] == ts]
+    assert len(spike) == 1
+    assert spike["old"].iloc[0] == pytest.approx(df.loc[hit, "f0"])
+    assert abs(spike["new"].iloc[0]) < df["f0"].abs().max() * 2
+
+
+def test_search_keeps_the_best_candidate_on_validation(synth_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "searched"
+    opts = tiny_options(epochs=3, search=True)
+    artifact, metrics = train(synth_csv, SPEC, opts, out)
+    cands = metrics["search"]["candidates"]
+    assert [c["name"] for c in cands] == [n for n, _ in candidates(opts)]
+    scored = [c for c in cands if "val_mse" in c]
+    assert len(scored) == len(cands)  # no budget reached with a tiny model
+    best = min(scored, key=lambda c: c["val_mse"])
+    assert [c["name"] for c in cands if c.get("chosen")] == [best["name"]]
+    cfg = load_artifact(out).config
+    assert (cfg.norm, cfg.hidden_size, cfg.time_step) == (
+        best["norm"], best["hidden_size"], best["time_step"],
+    )  # fmt: skip
+    # the saved model is the one scored: forecasts equal a fresh load's
+    a = predict_frame(Forecaster(artifact), load_frame(synth_csv, SPEC)[0])
+    b = predict_frame(Forecaster(load_artifact(out)), load_frame(synth_csv, SPEC)[0])
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_search_stops_starting_candidates_when_the_budget_is_spent(
+    synth_csv: Path, tmp_path: Path
+) -> None:
+    opts = tiny_options(epochs=1, search=True, search_budget=1e-6)
+    _, metrics = train(synth_csv, SPEC, opts, tmp_path / "m")
+    cands = metrics["search"]["candidates"]
+    assert "val_mse" in cands[0] and cands[0]["chosen"]
+    assert all("budget" in c["skipped"] for c in cands[1:])
+
+
+def test_train_cli_help_documents_norm_and_search(capsys: pytest.CaptureFixture[str]) -> None:
+    from stream_lstm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--norm", "--search", "--search-budget"):
+        assert flag in out
