@@ -9,13 +9,16 @@ multi-target, several with a level that moves between the training and test span
 * ``pedestrian``    hourly counts at 4 sensors (keys), with the preset's settings
 * ``pedestrian-wide`` the 4 sensors as 4 columns of one series, every column a feature and a
   target (horizon 24, T 96: the protocol of the multivariate benchmarks)
-* ``epf-wide``      both markets' prices, loads and generation as 6 columns, every column a
-  feature and a target (horizon 24, T 96)
+* ``epf-wide``      both markets' prices and the load and generation forecasts as 4 columns,
+  every column a feature and a target (horizon 24, T 96)
 * ``gafa``          daily open/high/low/close of 4 stocks (keys), all four features and targets
   (horizon 5, T 30): prices that trend far above their training range
+* ``epf-wide-cnn``, ``gafa-cnn``: the same with ``cnn-lstm-attn`` (15 epochs at most for epf-wide)
 
 Variants (``--variants``): ``before`` = the settings before issue 17 (``--norm none`` and the
-rolling-median anomaly rule), ``after`` = today's defaults (no flag), ``search`` = ``--search``.
+rolling-median anomaly rule), ``after`` = today's defaults (no flag: ``--norm auto`` trains the
+drift-following normalisation and none and keeps the better on validation), ``search`` =
+``--search``, and ``offset``, ``diff``, ``revin``, ``none`` = that ``--norm`` alone.
 Each run goes through :func:`stream_lstm.training.train.train`, as ``stream-lstm train`` does.
 
     .venv/bin/python bench/accuracy.py                         # every case, before and after
@@ -62,12 +65,13 @@ def _wide_pedestrian(tmp: Path) -> tuple[Path, SeriesSpec]:
 
 
 def _wide_epf(tmp: Path) -> tuple[Path, SeriesSpec]:
+    """Both markets' prices as two columns, with the exogenous forecasts (the file carries the
+    same load and generation forecasts for both markets: kept once)."""
     df = pd.read_csv(preset("epf").path)
-    wide = df.pivot_table(
-        index="ds", columns="unique_id", values=["y", "gen_forecast", "system_load"]
-    )
-    wide.columns = [f"{pair[1]}_{pair[0]}" for pair in wide.columns]
-    wide = wide.reset_index()
+    wide = df.pivot_table(index="ds", columns="unique_id", values="y")
+    wide.columns = [f"y_{c}" for c in wide.columns]
+    exog = df[df["unique_id"] == "FR"].set_index("ds")[["gen_forecast", "system_load"]]
+    wide = wide.join(exog).reset_index()
     path = tmp / "epf_wide.csv"
     wide.to_csv(path, index=False)
     cols = tuple(c for c in wide.columns if c != "ds")
@@ -104,12 +108,18 @@ def cases(tmp: Path) -> dict[str, tuple[Path, SeriesSpec, dict[str, Any]]]:
         "pedestrian-wide": (*_wide_pedestrian(tmp), {**wide, "timezone": "Australia/Melbourne"}),
         "epf-wide": (*_wide_epf(tmp), dict(wide)),
         "gafa": (*_gafa(tmp), {"time_step": 30, "horizon": 5}),
+        "epf-wide-cnn": (*_wide_epf(tmp), {**wide, "kind": "cnn-lstm-attn", "epochs": 15}),
+        "gafa-cnn": (*_gafa(tmp), {"time_step": 30, "horizon": 5, "kind": "cnn-lstm-attn"}),
     }
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "before": {"norm": "none", "repair": RepairRule(season=1)},  # season < 2: rolling rule
     "after": {},
+    "offset": {"norm": "offset"},
+    "diff": {"norm": "diff"},
+    "revin": {"norm": "revin"},
+    "none": {"norm": "none"},
     "search": {"search": True},
 }
 
@@ -136,7 +146,7 @@ def run_case(
         "origins": ev["origins"],
         "scores": scores,
         "flags": ev.get("flags", []),
-        "norm": metrics.get("config", {}).get("norm"),
+        "norm": metrics["model"]["norm"],
         "search": metrics.get("search"),
         "repaired": metrics["data"].get("anomalies_repaired"),
         "best_epoch": metrics["training"]["best_epoch"],
@@ -145,7 +155,10 @@ def run_case(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", default="vic_elec,epf,pedestrian,pedestrian-wide,epf-wide,gafa")
+    ap.add_argument(
+        "--cases",
+        default="vic_elec,epf,pedestrian,pedestrian-wide,epf-wide,gafa,epf-wide-cnn,gafa-cnn",
+    )
     ap.add_argument("--variants", default="before,after")
     ap.add_argument("--epochs", type=int, help="override every case's maximum epochs")
     ap.add_argument("--tag", default="")

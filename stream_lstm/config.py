@@ -325,12 +325,14 @@ class TrainSettings(DataSettings):
     )
     seed: int = opt(0, "random seed", group="training")
     search: bool = opt(
-        False, "also try a few candidate settings (normalisation, hidden size, loss, window) "
-        "and keep the best by validation MSE; every candidate's score goes to metrics.json",
-        group="training",
+        False, "also try a doubled hidden size, the other point loss (MSE/MAE) and a doubled "
+        "--time-step, and keep the best by validation MSE; every candidate's score goes to "
+        "metrics.json", group="training",
     )  # fmt: skip
     search_budget: Annotated[float, Field(gt=0)] = opt(
-        1800.0, "`--search`: seconds after which no further candidate starts", group="training"
+        1800.0,
+        "seconds after which no further candidate (of --norm auto or --search) starts",
+        group="training",
     )
     tbptt_chunks: Annotated[int, Field(ge=1)] = opt(
         8, "lstm: chunks of T per carried-state piece", group="training"
@@ -341,10 +343,12 @@ class TrainSettings(DataSettings):
     scaling: Literal["global", "per-key"] | None = opt(
         None, "standardisation statistics", group="preparation", shown="global, or the dataset's"
     )
-    norm: Literal["auto", "none", "revin", "diff"] = opt(
-        "auto", "normalisation that follows drift: diff (lstm: changes in, offsets from the last "
-        "value out), revin (windowed: per-window mean/spread), none (training-span statistics "
-        "only); auto picks diff or revin by --model", group="preparation",
+    norm: Literal["auto", "offset", "diff", "revin", "none"] = opt(
+        "auto", "normalisation that follows a level that moves: offset (lstm: the event's levels "
+        "and changes in, offsets from its last value out), diff (lstm: changes only), revin "
+        "(windowed: each window by its own mean and spread), none (training-span statistics "
+        "only); auto trains offset or revin (by --model) and none, and keeps the better on "
+        "validation", group="preparation",
     )  # fmt: skip
     log1p: CsvList | None = opt(
         None, "columns modelled as log(1+x), e.g. counts", group="preparation",

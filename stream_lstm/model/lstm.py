@@ -41,16 +41,18 @@ class LSTMForecaster(nn.Module):
         learned_init: bool = False,
         levels: int = 0,
         target_features: list[int] | None = None,
+        read_levels: bool = False,
     ) -> None:
         super().__init__()
         self.horizon, self.n_targets, self.n_quantiles = horizon, n_targets, n_quantiles
         self.levels = levels
+        self.skip = 0 if read_levels else levels  # leading input columns the LSTM does not read
         tf = target_features if target_features is not None else [-1] * n_targets
         # the level each target's forecast is an offset from: feature index, or none
         self.level_of = [i for i in tf if i >= 0] if levels else []
         self.offset_targets = [j for j, i in enumerate(tf) if i >= 0] if levels else []
         self.lstm = nn.LSTM(
-            input_size - levels,
+            input_size - self.skip,
             hidden_size,
             num_layers,
             batch_first=True,
@@ -89,7 +91,7 @@ class LSTMForecaster(nn.Module):
         """Run ``T`` steps from ``state`` (default ``h_0, c_0``). See the class docstring."""
         if state is None:
             state = self.init_state(x.shape[0], x.device)
-        out, (h, c) = self.lstm(x[..., self.levels :], state)  # out: [B, T, Hd], after each step
+        out, (h, c) = self.lstm(x[..., self.skip :], state)  # out: [B, T, Hd], after each step
         return self._head(out, x), (h, c)  # [B, T, H, n_t, n_q]
 
     def forward_packed(self, x: Tensor, lengths: Tensor, state: State) -> tuple[Tensor, State]:
@@ -110,7 +112,7 @@ class LSTMForecaster(nn.Module):
         lens = lengths[order]
         widths = [int((lens > t).sum()) for t in range(int(lens[0]))]
         dev = x.device
-        xs = x[..., self.levels :].index_select(0, order.to(dev))  # [B, Tmax, I'], sorted
+        xs = x[..., self.skip :].index_select(0, order.to(dev))  # [B, Tmax, I'], sorted
         h = state[0].index_select(1, order.to(dev))  # [L, B, Hd], sorted (a copy)
         c = state[1].index_select(1, order.to(dev))
         tops = []

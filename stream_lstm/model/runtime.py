@@ -63,7 +63,7 @@ class Forecaster:
     @property
     def needs_previous(self) -> bool:
         """Whether :meth:`inputs` reads each row's previous values (``norm="diff"``)."""
-        return self.config.norm == "diff"
+        return self.config.norm in ("diff", "offset")
 
     def _scaled(self, values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         v = values.astype(np.float32)

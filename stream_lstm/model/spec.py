@@ -10,7 +10,7 @@ FORMAT = "stream-lstm/1"
 KINDS = ("lstm", "cnn-lstm-attn")
 # normalisation that follows drift (docs/accuracy.md): ``revin`` for windowed kinds, ``diff``
 # for the stateful kind; ``none``: the training-span standardisation only (older artifacts)
-NORMS = ("none", "revin", "diff")
+NORMS = ("none", "revin", "diff", "offset")
 
 
 class ModelConfig(BaseModel):
@@ -44,7 +44,8 @@ class ModelConfig(BaseModel):
     # event's change since the key's previous event, and forecasts targets that are features
     # as offsets from the event's own value — no level is learned, so a level that moves after
     # training is followed without retraining.
-    norm: Literal["none", "revin", "diff"] = "none"
+    # ``offset`` (the stateful kind): as ``diff``, and the LSTM reads the levels too.
+    norm: Literal["none", "revin", "diff", "offset"] = "none"
     # provenance, for `stream-lstm models` and reproducibility (not used for inference)
     training: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
@@ -61,7 +62,7 @@ class ModelConfig(BaseModel):
             raise ValueError("features must be distinct")
         if self.norm == "revin" and self.kind == "lstm":
             raise ValueError("norm 'revin' is for windowed kinds; the stateful lstm uses 'diff'")
-        if self.norm == "diff" and self.kind != "lstm":
+        if self.norm in ("diff", "offset") and self.kind != "lstm":
             raise ValueError("norm 'diff' is for the stateful lstm; windowed kinds use 'revin'")
         unknown = [c for c in self.log1p if c not in self.features and c not in self.targets]
         if unknown:
@@ -72,7 +73,7 @@ class ModelConfig(BaseModel):
     def input_size(self) -> int:
         """Columns of the encoded inputs: the scaled features, their changes since the key's
         previous event (``diff`` only), then the calendar encodings."""
-        per = 2 if self.norm == "diff" else 1
+        per = 2 if self.norm in ("diff", "offset") else 1
         return per * len(self.features) + 2 * len(self.calendar)
 
     @property

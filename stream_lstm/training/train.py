@@ -75,7 +75,7 @@ class TrainOptions:
     calendar: tuple[str, ...] | None = None  # None: chosen from the interval
     timezone: str = "UTC"
     scaling: str = "global"
-    norm: str = "auto"  # auto: diff for the stateful lstm, revin for windowed kinds
+    norm: str = "auto"  # auto: offset (lstm) or revin (windowed), or none: the better on validation
     log1p: tuple[str, ...] = ()
     epochs: int = 30
     batch_size: int = 32
@@ -114,14 +114,14 @@ class TrainOptions:
             raise ConfigError(f"--norm must be auto or one of {NORMS}, got {self.norm!r}")
         if norm == "revin" and self.kind == "lstm":
             raise ConfigError("--norm revin is for windowed models; the stateful lstm uses diff")
-        if norm == "diff" and self.kind != "lstm":
-            raise ConfigError("--norm diff is for the stateful lstm; windowed models use revin")
+        if norm in ("diff", "offset") and self.kind != "lstm":
+            raise ConfigError(f"--norm {norm} is for the stateful lstm; windowed models use revin")
 
     @property
     def resolved_norm(self) -> str:
         if self.norm != "auto":
             return self.norm
-        return "diff" if self.kind == "lstm" else "revin"
+        return "offset" if self.kind == "lstm" else "revin"
 
 
 def seed_everything(seed: int) -> None:
@@ -486,25 +486,26 @@ def _window_val_loss(
 
 # -- model selection --------------------------------------------------------------------------
 def candidates(opts: TrainOptions) -> list[tuple[str, TrainOptions]]:
-    """``train --search``: the configurations tried, in this order (the given settings first).
+    """The configurations ``train`` tries, in this order; one means no selection.
 
-    Each changes one thing from the given settings: the normalisation (``none`` instead of
-    diff/revin, or the other way round), the hidden size (doubled), the loss (MAE for an MSE
-    point model, MSE for an MAE one) and the window (``time_step`` doubled). Candidates are
-    compared by the standardised MSE of their forecasts on the validation span, scored as the
-    stream sees it (:func:`stream_lstm.training.evaluate.evaluate` with ``split="val"``)."""
-    other_norm = (
-        "none" if opts.resolved_norm != "none" else ("diff" if opts.kind == "lstm" else "revin")
-    )
-    out = [
-        ("given", opts),
-        (f"norm {other_norm}", replace(opts, norm=other_norm)),
-        (f"hidden {2 * opts.hidden_size}", replace(opts, hidden_size=2 * opts.hidden_size)),
-    ]
-    if opts.loss in ("mse", "mae"):
-        loss = "mae" if opts.loss == "mse" else "mse"
-        out.append((f"loss {loss}", replace(opts, loss=loss)))
-    out.append((f"time_step {2 * opts.time_step}", replace(opts, time_step=2 * opts.time_step)))
+    ``--norm auto`` (the default) tries the normalisation that follows drift (``offset`` for the
+    stateful lstm, ``revin`` for windowed kinds) and ``none``: data whose level holds still can
+    do better without it, data whose level moves much better with it. ``--search`` adds, on the
+    first candidate's normalisation, a doubled hidden size, the other point loss (MAE for MSE,
+    MSE for MAE) and a doubled window (``time_step``). Candidates are compared by the
+    standardised MSE of their forecasts on the validation span, scored as the stream sees it
+    (:func:`stream_lstm.training.evaluate.evaluate` with ``split="val"``)."""
+    norms = [opts.resolved_norm, "none"] if opts.norm == "auto" else [opts.norm]
+    out = [(f"norm {n}", replace(opts, norm=n)) for n in norms]
+    if opts.search:
+        base = out[0][1]
+        out.append(
+            (f"hidden {2 * opts.hidden_size}", replace(base, hidden_size=2 * opts.hidden_size))
+        )
+        if opts.loss in ("mse", "mae"):
+            loss = "mae" if opts.loss == "mse" else "mse"
+            out.append((f"loss {loss}", replace(base, loss=loss)))
+        out.append((f"time_step {2 * opts.time_step}", replace(base, time_step=2 * opts.time_step)))
     return out
 
 
@@ -534,12 +535,13 @@ def search(
 ) -> tuple[Trained, list[dict[str, Any]]]:
     """Train each of :func:`candidates` while the budget lasts; the best on validation wins.
 
-    The given settings always run; a later candidate starts only while the time spent is
-    below ``opts.search_budget``. Returns the winner and every candidate's record."""
+    The first candidate always runs; a later one starts only while the time spent is below
+    ``opts.search_budget``. Returns the winner and every candidate's record."""
     t0 = time.perf_counter()
     best: Trained | None = None
     records: list[dict[str, Any]] = []
     for name, c in candidates(opts):
+        log.info("training candidate %s", name)
         spent = time.perf_counter() - t0
         rec: dict[str, Any] = {
             "name": name,
@@ -584,7 +586,7 @@ def train(
     check_output_dir(out)
     opts.check()
     records: list[dict[str, Any]] | None = None
-    if opts.search:
+    if len(candidates(opts)) > 1:
         won, records = search(path, spec, opts)
         prep, module, hist = won.prep, won.module, won.hist
     else:

@@ -82,6 +82,18 @@ def test_without_the_normalisation_a_level_shift_is_not_followed(kind: str, norm
     assert np.abs(moved[8:] - base[8:] - 500.0).max() > 100
 
 
+def test_offset_forecasts_stay_anchored_to_a_moved_level() -> None:
+    """``offset`` reads the levels too (so a moved level changes the offsets), but the forecast
+    stays an offset from the event's value: within a few of the scale's units of the moved
+    level, where ``none`` answers from the training range, 500 units away."""
+    fc = _forecaster("lstm", "offset")
+    base = fc.to_original(fc.forecast_frame(_frame()), ["k"] * 40)[..., 0]
+    moved = fc.to_original(fc.forecast_frame(_frame(level=500.0)), ["k"] * 40)[..., 0]
+    drift = np.abs(moved - base - 500.0)
+    assert drift.max() < 0.1 * 500  # an offset the head can give: a few standard deviations
+    assert not np.allclose(moved, base + 500.0, atol=1e-3)  # not invariant: it reads levels
+
+
 def test_diff_inputs_are_changes_since_the_previous_row_and_zero_at_the_first() -> None:
     fc = _forecaster("lstm", "diff")
     v = np.array([[13.0, -2.0], [16.0, -1.0], [10.0, -1.5]])
@@ -98,8 +110,8 @@ def test_norm_must_suit_the_kind() -> None:
         tiny_options(norm="revin").check()
     with pytest.raises(ConfigError, match="diff is for the stateful"):
         tiny_options(kind="cnn-lstm-attn", norm="diff").check()
-    assert tiny_options().resolved_norm == "diff"
-    assert tiny_options(kind="cnn-lstm-attn").resolved_norm == "revin"
+    assert tiny_options(norm="auto").resolved_norm == "offset"
+    assert tiny_options(kind="cnn-lstm-attn", norm="auto").resolved_norm == "revin"
     with pytest.raises(ValueError, match="revin"):
         ModelConfig(features=["a"], targets=["a"], time_step=2, horizon=1, interval_ms=1,
                     norm="revin")  # fmt: skip
@@ -112,7 +124,7 @@ def test_an_artifact_without_a_norm_loads_as_before(tiny_model: Path, tmp_path: 
     old = tmp_path / "old"
     shutil.copytree(tiny_model, old)
     doc = json.loads((old / "config.json").read_text())
-    assert doc["norm"] == "diff"
+    assert doc["norm"] == "offset"
     del doc["norm"]
     cfg = ModelConfig(**doc)
     assert cfg.norm == "none" and cfg.input_size == 2 + 2 * len(cfg.calendar)
@@ -120,7 +132,8 @@ def test_an_artifact_without_a_norm_loads_as_before(tiny_model: Path, tmp_path: 
 
 def test_the_trained_artifact_records_norm_and_repairs(tiny_model: Path) -> None:
     metrics = json.loads((tiny_model / "metrics.json").read_text())
-    assert metrics["model"]["norm"] == "diff"
+    assert metrics["model"]["norm"] == "offset"
+    assert "search" not in metrics  # one normalisation given: nothing to select
     assert metrics["data"]["repairs_file"] == REPAIRS_FILE
     repairs = pd.read_csv(tiny_model / REPAIRS_FILE)
     assert list(repairs.columns) == ["key", "ts", "column", "old", "new"]
@@ -148,12 +161,25 @@ def test_repaired_rows_are_written_with_their_old_and_new_values(
     assert abs(spike["new"].iloc[0]) < df["f0"].abs().max() * 2
 
 
+def test_norm_auto_trains_both_and_keeps_the_better_on_validation(
+    synth_csv: Path, tmp_path: Path
+) -> None:
+    opts = tiny_options(epochs=3, norm="auto")
+    assert [n for n, _ in candidates(opts)] == ["norm offset", "norm none"]
+    _, metrics = train(synth_csv, SPEC, opts, tmp_path / "auto")
+    cands = metrics["search"]["candidates"]
+    best = min(cands, key=lambda c: c["val_mse"])
+    assert metrics["model"]["norm"] == best["norm"] and best["chosen"]
+    assert load_artifact(tmp_path / "auto").config.norm == best["norm"]
+
+
 def test_search_keeps_the_best_candidate_on_validation(synth_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "searched"
-    opts = tiny_options(epochs=3, search=True)
+    opts = tiny_options(epochs=3, search=True, norm="auto")
     artifact, metrics = train(synth_csv, SPEC, opts, out)
     cands = metrics["search"]["candidates"]
     assert [c["name"] for c in cands] == [n for n, _ in candidates(opts)]
+    assert len(cands) == 5
     scored = [c for c in cands if "val_mse" in c]
     assert len(scored) == len(cands)  # no budget reached with a tiny model
     best = min(scored, key=lambda c: c["val_mse"])
@@ -171,7 +197,7 @@ def test_search_keeps_the_best_candidate_on_validation(synth_csv: Path, tmp_path
 def test_search_stops_starting_candidates_when_the_budget_is_spent(
     synth_csv: Path, tmp_path: Path
 ) -> None:
-    opts = tiny_options(epochs=1, search=True, search_budget=1e-6)
+    opts = tiny_options(epochs=1, search=True, norm="auto", search_budget=1e-6)
     _, metrics = train(synth_csv, SPEC, opts, tmp_path / "m")
     cands = metrics["search"]["candidates"]
     assert "val_mse" in cands[0] and cands[0]["chosen"]
