@@ -135,6 +135,7 @@ def run_case(
         method: {
             "overall": ev["scores"][method]["standardised"]["overall"],
             "per_target": ev["scores"][method]["standardised"].get("per_target", {}),
+            "original": ev["scores"][method]["original"]["overall"],
         }
         for method in ev["scores"]
     }
@@ -153,6 +154,20 @@ def run_case(
     }
 
 
+def _print(r: dict[str, Any]) -> None:
+    s = r["scores"]
+    line = "  ".join(f"{m} {s[m]['overall']['mse']:.4f}" for m in s)
+    print(f"{r['case']:16s} {r['variant']:7s} {r['seconds']:7.1f}s  norm {r['norm']:6s} "
+          f"MSE(std) {line}", flush=True)  # fmt: skip
+    for t in r["targets"] if len(r["targets"]) > 1 else []:
+        per = "  ".join(
+            f"{m} {s[m]['per_target'][t]['mse']:.4f}" for m in s if t in s[m]["per_target"]
+        )
+        print(f"{'':16s} {t:>12s}  {per}", flush=True)
+    for f in r["flags"]:
+        print(f"{'':16s} flag: {f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -163,7 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="override every case's maximum epochs")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    OUT.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = OUT / f"accuracy-{stamp}{'-' + args.tag if args.tag else ''}.json"
+    doc: dict[str, Any] = {
+        "version": stream_lstm.__version__,
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "runs": rows,
+    }
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         known = cases(tmp)
@@ -178,28 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                     ap.error(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
                 r = run_case(name, path, spec, base, variant, tmp)
                 rows.append(r)
-                s = r["scores"]
-                line = "  ".join(f"{m} {s[m]['overall']['mse']:.4f}" for m in s)
-                print(f"{name:16s} {variant:7s} {r['seconds']:7.1f}s  MSE(std) {line}", flush=True)
-                for t in r["targets"] if len(r["targets"]) > 1 else []:
-                    per = "  ".join(
-                        f"{m} {s[m]['per_target'][t]['mse']:.4f}"
-                        for m in s
-                        if t in s[m]["per_target"]
-                    )
-                    print(f"{'':16s} {t:>12s}  {per}", flush=True)
-                for f in r["flags"]:
-                    print(f"{'':16s} flag: {f}", flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = OUT / f"accuracy-{stamp}{'-' + args.tag if args.tag else ''}.json"
-    doc = {
-        "version": stream_lstm.__version__,
-        "torch": torch.__version__,
-        "machine": platform.platform(),
-        "runs": rows,
-    }
-    out.write_text(json.dumps(doc, indent=1))
+                out.write_text(json.dumps(doc, indent=1))  # after every run: nothing lost
+                _print(r)
     print(f"written: {out}")
     return 0
 

@@ -44,7 +44,9 @@ def print_scores(console: Console, result: EvalResult) -> None:
         t2.add_column(f"h={h}", justify="right")
     for name in methods:
         mae = result.scores[name]["original"]["per_h"]["mae"]
-        t2.add_row(_label(name), *(f"{mae[h - 1]:.4g}" for h in steps))
+        t2.add_row(
+            _label(name), *("n/a" if mae[h - 1] is None else f"{mae[h - 1]:.4g}" for h in steps)
+        )
     console.print(t2)
     per_target = all("per_target" in result.scores[m]["original"] for m in methods)
     if len(result.targets) > 1 and per_target:

@@ -56,7 +56,7 @@ event hours (320 values against 258), k = 7 loses recall.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -84,13 +84,16 @@ class RepairRule:
 
 def infer_season(interval_ms: int | None, rule: RepairRule) -> int | None:
     """Steps per season: ``rule.season`` if set, else a day when the interval divides it into
-    2 steps or more; None → the rolling rule."""
+    2 steps or more, else a week when it divides that (daily data); None → the rolling rule."""
     if rule.season is not None:
         return rule.season if rule.season >= 2 else None
-    if interval_ms is None or interval_ms <= 0 or DAY_MS % interval_ms:
+    if interval_ms is None or interval_ms <= 0:
         return None
-    s = DAY_MS // interval_ms
-    return s if s >= 2 else None
+    if DAY_MS % interval_ms == 0 and DAY_MS // interval_ms >= 2:
+        return DAY_MS // interval_ms
+    if (7 * DAY_MS) % interval_ms == 0 and 7 * DAY_MS // interval_ms >= 2:
+        return 7 * DAY_MS // interval_ms  # daily data: the week is the season
+    return None
 
 
 def seasonal_baseline(
@@ -289,6 +292,8 @@ def repair_frame(
     if not rule.enabled:
         return df, counts, _repairs([])
     season = infer_season(interval_ms, rule)
+    if season is not None and interval_ms is not None and season * interval_ms > DAY_MS:
+        rule = replace(rule, weekly=False)  # the season is a week already
     df = df.copy()
     found: list[pd.DataFrame] = []
     for positions in df.groupby(group_col, sort=False).indices.values():

@@ -66,6 +66,17 @@ def stream_rows(frame: pd.DataFrame, features: list[str], missing: str = "dlq") 
     return frame[ok].reset_index(drop=True)
 
 
+def _observed(
+    frame: pd.DataFrame, features: list[str], targets: list[str], missing: str
+) -> np.ndarray:
+    """``[N, n_t]`` over :func:`stream_rows`' rows (the same selection, in the same order):
+    whether the file holds each target value (not carried forward by ``--missing ffill``)."""
+    ok = frame[features].notna().all(axis=1)
+    if missing == "ffill":
+        ok = ok.groupby(frame[KEY], sort=False).cummax()
+    return np.asarray(frame.loc[ok, targets].notna().to_numpy())
+
+
 def lookup(frame: pd.DataFrame, targets: list[str], when: np.ndarray) -> np.ndarray:
     """Values of ``targets`` at times ``when [N, H]`` of each row's key: ``[N, H, n_t]``.
 
@@ -115,8 +126,10 @@ def _metrics(
     n_h = m.sum(axis=(0, 2))  # [H]
     n = int(m.sum())
 
-    def per(x: np.ndarray) -> list[float]:
-        return [float(v) for v in x.sum(axis=(0, 2)) / np.maximum(n_h, 1)]
+    def per(x: np.ndarray) -> list[float | None]:
+        """Per horizon step; None (null in JSON) for a step with nothing scored."""
+        v = x.sum(axis=(0, 2)) / np.maximum(n_h, 1)
+        return [float(a) if c else None for a, c in zip(v, n_h, strict=True)]
 
     mse_h, mae_h, smape_h = per(err**2), per(np.abs(err)), per(sm * 100)
     mse = float((err**2).sum() / max(n, 1))
@@ -131,7 +144,7 @@ def _metrics(
         "per_h": {
             "mse": mse_h,
             "mae": mae_h,
-            "rmse": [math.sqrt(v) for v in mse_h],
+            "rmse": [None if v is None else math.sqrt(v) for v in mse_h],
             "smape": smape_h,
         },
         "per_target": {
@@ -208,10 +221,15 @@ def evaluate(
     point = y_orig[..., cfg.point_index]  # [N, H, n_t]
     steps = np.arange(1, H + 1)
     when = ts[:, None] + steps[None, :] * dt  # [N, H] target times
-    actual = lookup(rows, targets, when)  # [N, H, n_t]
+    # the truth is what the file holds: a value --missing ffill carried forward is no actual
+    truth = rows.copy()
+    truth[targets] = rows[targets].where(_observed(frame, list(cfg.features), targets, missing))
+    actual = lookup(truth, targets, when)  # [N, H, n_t]
     actual_std = fc.to_standard(actual, keys)
-    if season is None:
-        season = infer_season(rows[~in_split], targets[0], dt) if (~in_split).any() else 1
+    if season is not None and season < 1:
+        raise DataError(f"--season must be >= 1 step, got {season}")
+    if season is None:  # from the rows outside the scored span, else (--split all) from all
+        season = infer_season(rows[~in_split] if (~in_split).any() else rows, targets[0], dt)
     back = season * np.ceil(steps / season).astype(np.int64)  # steps back from the target
     seasonal = lookup(rows, targets, ts[:, None] + (steps - back)[None, :] * dt)
     persistence = np.repeat(rows[targets].to_numpy(dtype=np.float64)[:, None, :], H, axis=1)
@@ -229,6 +247,12 @@ def evaluate(
     mask = in_split[:, None] & np.isfinite(actual).all(-1)
     for name in METHODS[1:]:
         mask &= np.isfinite(preds[name]).all(-1)
+    if not mask.any():
+        raise DataError(
+            f"nothing to score in the {split} split: no forecast origin has an actual at any of "
+            f"its {H} steps with every baseline available (season {season} steps; the series "
+            "may be shorter than the horizon or the season)"
+        )
     scores: dict[str, dict[str, dict[str, Any]]] = {}
     for name, p in preds.items():
         scores[name] = {
@@ -453,7 +477,7 @@ def plot_all(directory: Path, history: Any, result: EvalResult) -> list[Path]:
         paths.append(_save(fig, directory / "forecast_vs_actual.png"))
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in METHODS:
-        mae = result.scores[name]["original"]["per_h"]["mae"]
+        mae = [np.nan if v is None else v for v in result.scores[name]["original"]["per_h"]["mae"]]
         ax.plot(range(1, len(mae) + 1), mae, marker=".", label=name.replace("_", " "))
     ax.set(
         xlabel="horizon step h",

@@ -56,7 +56,8 @@ from stream_lstm.model.spec import NORMS, ModelConfig
 
 log = logging.getLogger(__name__)
 LOSSES = ("mse", "mae", "pinball")
-REPAIRS_FILE = "repairs.csv"  # the rows anomaly repair changed: key, ts, column, old, new
+# the rows anomaly repair changed: key, ts, column, old, new, filled (a row the gap fill added)
+REPAIRS_FILE = "repairs.csv"
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ class TrainOptions:
         if norm not in NORMS:
             raise ConfigError(f"--norm must be auto or one of {NORMS}, got {self.norm!r}")
         if norm == "revin" and self.kind == "lstm":
-            raise ConfigError("--norm revin is for windowed models; the stateful lstm uses diff")
+            raise ConfigError(
+                "--norm revin is for windowed models; the stateful lstm uses offset or diff"
+            )
         if norm in ("diff", "offset") and self.kind != "lstm":
             raise ConfigError(f"--norm {norm} is for the stateful lstm; windowed models use revin")
 
@@ -149,7 +152,7 @@ class Prepared:
     scaler: Scaler
     config: ModelConfig
     segments: list[Segment]
-    repairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # key, ts, column, old, new
+    repairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # see REPAIRS_FILE
 
 
 def prepare(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
@@ -164,12 +167,22 @@ def prepare(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
     reg, report.anomalies_repaired, repairs = repair_frame(
         reg, cols, opts.repair, SEGMENT, interval_ms=report.interval_ms, ts_col=TS, key_col=KEY
     )
+    # a repaired row the grid added (a gap filled by --fill) was not in the file: say so
+    given = pd.MultiIndex.from_arrays([df[KEY].astype(str), df[TS].astype(np.int64)])
+    at = pd.MultiIndex.from_arrays([repairs["key"].astype(str), repairs["ts"].astype(np.int64)])
+    repairs["filled"] = ~at.isin(given)
     labels = points.label(reg[TS].to_numpy())
     unknown = [c for c in opts.log1p if c not in cols]
     if unknown:
         raise ConfigError(f"--log1p columns {unknown} are not among the features or targets {cols}")
     fit_on = reg[labels == "train"].copy()
     for c in opts.log1p:
+        low = float(np.nanmin(df[c].to_numpy(dtype=np.float64), initial=0.0))
+        if low < 0:
+            raise DataError(
+                f"--log1p {c}: the column has negative values (min {low:g}); log(1 + x) is for "
+                "counts and volumes (negative values would all become 0)"
+            )
         fit_on[c] = np.log1p(np.maximum(fit_on[c].to_numpy(), 0))
     scaler = Scaler.fit(fit_on, cols, opts.scaling, KEY)
     encodings = (
@@ -552,6 +565,7 @@ def search(
         }
         if best is not None and spent >= opts.search_budget:
             rec["skipped"] = f"budget of {opts.search_budget:.0f} s spent ({spent:.0f} s)"
+            rec["chosen"] = False
             records.append(rec)
             log.info("search: %s skipped (%s)", name, rec["skipped"])
             continue
@@ -559,7 +573,10 @@ def search(
             c.check()
             t = _train_one(path, spec, c)
         except (ConfigError, DataError) as e:
+            if best is None:
+                raise  # the first candidate's error is the user's: settings or data to fix
             rec["skipped"] = str(e)
+            rec["chosen"] = False
             records.append(rec)
             log.info("search: %s skipped (%s)", name, e)
             continue
@@ -570,6 +587,8 @@ def search(
             best = t
             for r in records:
                 r["chosen"] = r is rec
+        else:
+            rec["chosen"] = False
     assert best is not None
     return best, records
 
