@@ -43,3 +43,12 @@ def tiny_cnn_model(tmp_path_factory: pytest.TempPathFactory, synth_csv: Path) ->
     out = tmp_path_factory.mktemp("model") / "cnn"
     train(synth_csv, SPEC, tiny_options(kind="cnn-lstm-attn", max_windows=512), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_levels(tmp_path_factory: pytest.TempPathFactory, synth_csv: Path) -> Path:
+    """The tiny lstm with ``--norm none``: forecasts from the training range, not anchored to
+    the last value (an excursion stays far from them for as long as it lasts)."""
+    out = tmp_path_factory.mktemp("model") / "lstm-none"
+    train(synth_csv, SPEC, tiny_options(norm="none"), out)
+    return out

@@ -74,7 +74,11 @@ def test_lstm_weights_keep_torch_names(tiny_model: Path) -> None:
 
     names = set(load_file(str(tiny_model / "model.safetensors")))
     assert {"lstm.weight_ih_l0", "lstm.weight_hh_l1", "head.weight", "head.bias"} <= names
-    lstm = torch.nn.LSTM(6, 16, 2, batch_first=True)  # a plain runtime loads them directly
+    # a plain runtime loads them directly; norm offset: the LSTM reads every input column
+    # (features, their changes, calendar pairs: docs/artifact.md)
+    cfg = load_artifact(tiny_model).config
+    assert cfg.norm == "offset" and cfg.input_size == 2 * 2 + 2 * len(cfg.calendar)
+    lstm = torch.nn.LSTM(cfg.input_size, 16, 2, batch_first=True)
     lstm.load_state_dict(
         {
             k[5:]: v
