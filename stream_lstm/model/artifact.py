@@ -63,7 +63,7 @@ def build_module(cfg: ModelConfig) -> nn.Module:
             cfg.n_targets,
             cfg.n_quantiles,
             cfg.learned_init,
-            levels=len(cfg.features) if cfg.norm in ("diff", "offset") else 0,
+            levels=len(cfg.features) if cfg.reads_changes else 0,
             read_levels=cfg.norm == "offset",
             target_features=cfg.target_features,
         )

@@ -4,11 +4,12 @@ Parameter names are torch's own (``lstm.weight_ih_l0`` … ``head.weight``), so 
 load ``model.safetensors`` into a plain ``nn.LSTM`` + ``nn.Linear``; ``h0``/``c0`` exist only
 when the initial state is learned.
 
-With ``norm="diff"`` (``levels`` > 0) the inputs start with the ``levels`` scaled feature values
-of the event; the LSTM reads the rest (each feature's change since the key's previous event, and
-the calendar encodings), and each target that is a feature is forecast as an offset from its
-value at the event (``y = level + head(h)``): nothing the network computes depends on the
-level, so a key whose level moves after training keeps being forecast from where it is.
+With ``norm="offset"`` or ``"diff"`` (``levels`` > 0) the inputs start with the ``levels``
+scaled feature values of the event, then each feature's change since the key's previous event,
+then the calendar encodings; each target that is a feature is forecast as an offset from its
+value at the event (``y = level + head(h)``), so a key whose level moves after training keeps
+being forecast from where it is. ``offset`` (``read_levels``) lets the LSTM read every column;
+``diff`` hides the levels from it, so nothing it computes depends on the level.
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ class LSTMForecaster(nn.Module):
         zeros = torch.zeros(L, batch, Hd, device=device)
         return zeros, zeros.clone()
 
-    def _head(self, top: Tensor, x: Tensor) -> Tensor:
-        """``top [..., Hd]`` and the same steps' inputs ``x [..., I]`` → ``[..., H, n_t, n_q]``."""
+    def _head(self, top: Tensor, x: Tensor | None) -> Tensor:
+        """``top [..., Hd]`` and the same steps' inputs ``x [..., I]`` (needed only when
+        forecasts are offsets) → ``[..., H, n_t, n_q]``."""
         y: Tensor = self.head(self.drop(top))  # [..., H * n_t * n_q]
         y = y.unflatten(-1, (self.horizon, self.n_targets, self.n_quantiles))
-        if self.offset_targets:  # diff: offsets from the event's own (scaled) target values
+        if self.offset_targets:  # offsets from the event's own (scaled) target values
+            assert x is not None
             level = x[..., self.level_of]  # [..., n_t']
             y = y.clone()
             y[..., self.offset_targets, :] += level[..., None, :, None]
@@ -131,7 +134,9 @@ class LSTMForecaster(nn.Module):
         steps = np.arange(int(n_len.sum())) - np.repeat(first, n_len)  # step of each output row
         pos = torch.from_numpy(starts[steps] + np.repeat(inv, n_len))  # row in `top`
         unsort = torch.from_numpy(inv).to(dev)
-        valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]  # [B, Tmax], key-major
-        x_rows = x[valid.to(dev)]  # the inputs of the output rows, in the same order
+        x_rows = None  # the inputs of the output rows, in the same order (for the offsets)
+        if self.offset_targets:
+            valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]  # [B, Tmax], key-major
+            x_rows = x[valid.to(dev)]
         y = self._head(top[pos.to(dev)], x_rows)
         return y, (h.index_select(1, unsort), c.index_select(1, unsort))

@@ -1,10 +1,10 @@
 """From raw rows to model inputs and from model outputs to values: shared by predict, evaluate
 and the stream worker, so that offline and streaming forecasts are computed the same way.
 
-Inputs per row: the features standardised with the training statistics, with ``norm="diff"``
-their change since the key's previous row (zero at a key's first row), then the calendar
-encodings of the row's time. Outputs: ``[N, H, n_t, n_q]`` on the standardised target scale;
-:meth:`Forecaster.to_original` maps them back.
+Inputs per row: the features standardised with the training statistics, with ``norm="offset"``
+or ``"diff"`` their change since the key's previous row (zero at a key's first row), then the
+calendar encodings of the row's time. Outputs: ``[N, H, n_t, n_q]`` on the standardised target
+scale; :meth:`Forecaster.to_original` maps them back.
 """
 
 from __future__ import annotations
@@ -48,13 +48,15 @@ class Forecaster:
         """``values [N, F]`` raw features, ``ts_ms [N]`` → ``[N, I]`` float32 model inputs.
 
         ``prev [N, F]``: each row's key's previous raw values (NaN: none), needed by
-        ``norm="diff"`` models (:attr:`needs_previous`) and ignored by the others."""
+        ``offset``/``diff`` models (:attr:`needs_previous`) and ignored by the others."""
         mean, std = self.feature_scaler.stats(keys)  # [N, F] each
         scaled = self._scaled(values, mean, std)  # [N, F]
         parts = [scaled]
         if self.needs_previous:
             if prev is None:
-                raise ValueError("a norm='diff' model needs each row's previous values (prev)")
+                raise ValueError(
+                    f"a norm={self.config.norm!r} model needs each row's previous values"
+                )
             change = scaled - self._scaled(prev, mean, std)  # [N, F], NaN where no previous
             parts.append(np.nan_to_num(change, nan=0.0))
         parts.append(calendar_features(ts_ms, self.calendar, self.config.timezone))  # [N, 2E]
@@ -62,8 +64,8 @@ class Forecaster:
 
     @property
     def needs_previous(self) -> bool:
-        """Whether :meth:`inputs` reads each row's previous values (``norm="diff"``)."""
-        return self.config.norm in ("diff", "offset")
+        """Whether :meth:`inputs` reads each row's previous values (``offset``, ``diff``)."""
+        return self.config.reads_changes
 
     def _scaled(self, values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         v = values.astype(np.float32)
@@ -130,7 +132,7 @@ class Forecaster:
 
 
 def previous_rows(values: np.ndarray) -> np.ndarray:
-    """One key's rows in order ``[N, F]`` → the row before each (NaN before the first)."""
+    """Rows in order ``[N, F]`` → the row before each (NaN before the first), float64."""
     prev = np.full(values.shape, np.nan, dtype=np.float64)
     prev[1:] = values[:-1]
     return prev

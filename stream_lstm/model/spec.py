@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FORMAT = "stream-lstm/1"
 KINDS = ("lstm", "cnn-lstm-attn")
-# normalisation that follows drift (docs/accuracy.md): ``revin`` for windowed kinds, ``diff``
-# for the stateful kind; ``none``: the training-span standardisation only (older artifacts)
+# normalisation that follows drift (docs/accuracy.md): ``revin`` for windowed kinds, ``offset``
+# or ``diff`` for the stateful kind; ``none``: the training-span standardisation only
 NORMS = ("none", "revin", "diff", "offset")
 
 
@@ -40,11 +40,11 @@ class ModelConfig(BaseModel):
     log1p: list[str] = Field(default_factory=list)
     # ``revin`` (windowed kinds): each window's features are normalised by the window's own
     # mean and spread, and the forecasts of targets that are features are mapped back with them
-    # (reversible instance normalisation). ``diff`` (the stateful kind): the LSTM reads each
-    # event's change since the key's previous event, and forecasts targets that are features
-    # as offsets from the event's own value — no level is learned, so a level that moves after
-    # training is followed without retraining.
-    # ``offset`` (the stateful kind): as ``diff``, and the LSTM reads the levels too.
+    # (reversible instance normalisation). ``offset`` (the stateful kind): the inputs carry each
+    # event's levels and their changes since the key's previous event, and targets that are
+    # features are forecast as offsets from the event's own values, so a level that moves after
+    # training is followed without retraining; ``diff``: the same, the LSTM reading the changes
+    # only (no level at all).
     norm: Literal["none", "revin", "diff", "offset"] = "none"
     # provenance, for `stream-lstm models` and reproducibility (not used for inference)
     training: dict[str, Any] = Field(default_factory=dict)
@@ -61,9 +61,9 @@ class ModelConfig(BaseModel):
         if len(set(self.features)) != len(self.features):
             raise ValueError("features must be distinct")
         if self.norm == "revin" and self.kind == "lstm":
-            raise ValueError("norm 'revin' is for windowed kinds; the stateful lstm uses 'diff'")
-        if self.norm in ("diff", "offset") and self.kind != "lstm":
-            raise ValueError("norm 'diff' is for the stateful lstm; windowed kinds use 'revin'")
+            raise ValueError("norm 'revin' is for windowed kinds; the stateful lstm uses 'offset'")
+        if self.reads_changes and self.kind != "lstm":
+            raise ValueError(f"norm {self.norm!r} is for the stateful lstm; windowed: 'revin'")
         unknown = [c for c in self.log1p if c not in self.features and c not in self.targets]
         if unknown:
             raise ValueError(f"log1p columns {unknown} are neither features nor targets")
@@ -72,9 +72,15 @@ class ModelConfig(BaseModel):
     @property
     def input_size(self) -> int:
         """Columns of the encoded inputs: the scaled features, their changes since the key's
-        previous event (``diff`` only), then the calendar encodings."""
-        per = 2 if self.norm in ("diff", "offset") else 1
+        previous event (:attr:`reads_changes` only), then the calendar encodings."""
+        per = 2 if self.reads_changes else 1
         return per * len(self.features) + 2 * len(self.calendar)
+
+    @property
+    def reads_changes(self) -> bool:
+        """Whether the inputs carry each feature's change since the key's previous event, and
+        the targets that are features are forecast as offsets (``offset``, ``diff``)."""
+        return self.norm in ("offset", "diff")
 
     @property
     def target_features(self) -> list[int]:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from stream_lstm.data.loading import format_interval
 from stream_lstm.metrics import WorkerMetrics
-from stream_lstm.model.runtime import Forecaster
+from stream_lstm.model.runtime import Forecaster, previous_rows
 from stream_lstm.runtime.cache import StateCache
 from stream_lstm.runtime.commit import CommitCycle, Offsets
 from stream_lstm.runtime.events import (
@@ -467,8 +467,7 @@ class Engine:
         v = values[a_idx]
         prev = None
         if fc.needs_previous:  # each event's key's previous values: this tick's, else stored
-            prev = np.empty(v.shape, np.float64)
-            prev[1:] = v[:-1]
+            prev = previous_rows(v)
             prev[pos == 0] = cache.last_v[slots]
         x = fc.inputs(v, ts[a_idx], ev_keys, prev)  # [n, I]
         y = self.step(cache, slots, kpos, pos, counts, x)  # ONE model call

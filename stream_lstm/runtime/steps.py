@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from stream_lstm.model.runtime import Forecaster
+from stream_lstm.model.runtime import Forecaster, previous_rows
 from stream_lstm.runtime.cache import StateCache
 from stream_lstm.runtime.inference import TickRunner
 
@@ -76,8 +76,7 @@ class StatefulStep(_Step):
             r_row = np.repeat(rb, pre[rb])
             r_col = np.arange(len(r_row)) - np.repeat(np.cumsum(pre[rb]) - pre[rb], pre[rb])
             w_keys = np.repeat(keys_of(fc, cache, slots[rb]), pre[rb])
-            w_prev = np.full(w_raw.shape, np.nan)  # within each key's stored window
-            w_prev[1:] = w_raw[:-1]
+            w_prev = previous_rows(w_raw)  # within each key's stored window
             w_prev[r_col == 0] = np.nan
             xp[r_row, r_col] = fc.inputs(w_raw, w_ts, w_keys, w_prev)
             cache.h[slots[rb]], cache.c[slots[rb]] = cache.init_h, cache.init_c
