@@ -23,6 +23,7 @@ COMMANDS = [
     "train",
     "evaluate",
     "predict",
+    "latest",
     "models",
     "worker",
     "replay",

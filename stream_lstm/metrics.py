@@ -12,15 +12,20 @@ Bucket choices:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 import numpy as np
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 TICK_SIZE_BUCKETS = tuple(float(4**i) for i in range(9))  # 1 … 65,536
 STAGE_BUCKETS = (
@@ -280,8 +285,13 @@ class WorkerMetrics:
             self.stage_seconds.labels(stage=stage)
 
 
+# a query endpoint: the query string's parameters → (HTTP status, body, content type)
+Query = Callable[[dict[str, list[str]]], tuple[int, bytes, str]]
+
+
 class HealthServer:
-    """``/metrics`` (Prometheus text), ``/healthz`` (the loop is alive), ``/readyz`` (serving)."""
+    """``/metrics`` (Prometheus text), ``/healthz`` (the loop is alive), ``/readyz`` (serving),
+    and query endpoints (``/latest``: a key's latest forecast, from the state store)."""
 
     def __init__(
         self,
@@ -290,11 +300,21 @@ class HealthServer:
         port: int,
         healthy: Callable[[], tuple[bool, str]],
         ready: Callable[[], tuple[bool, str]],
+        queries: dict[str, Query] | None = None,
     ) -> None:
+        routes = dict(queries or {})
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                if path == "/metrics":
+                path, _, query = self.path.partition("?")
+                if path in routes:
+                    try:
+                        code, body, ctype = routes[path](parse_qs(query))
+                    except Exception as e:  # a query must never take the server down
+                        log.warning("%s failed: %s: %s", path, type(e).__name__, e)
+                        code, ctype = 503, "application/json"
+                        body = orjson.dumps({"error": f"{type(e).__name__}: {e}"})
+                elif path == "/metrics":
                     body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
                 elif path in ("/healthz", "/readyz"):
                     ok, why = (healthy if path == "/healthz" else ready)()

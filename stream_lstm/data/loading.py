@@ -93,7 +93,15 @@ def read_table(path: Path) -> pd.DataFrame:
     raise DataError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
 
 
-def _numeric(col: pd.Series, name: str, path: Path) -> pd.Series:
+Source = Path | pd.DataFrame  # a file, or a table already in memory (the Python API)
+
+
+def source_name(source: Source) -> str:
+    """How errors name a source: its path, or "the DataFrame"."""
+    return "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
+
+
+def _numeric(col: pd.Series, name: str, path: Path | str) -> pd.Series:
     """Float column; booleans become 0/1; a non-numeric value is an error naming its row."""
     if col.dtype == bool:
         return col.astype("float64")
@@ -108,7 +116,7 @@ def _numeric(col: pd.Series, name: str, path: Path) -> pd.Series:
     return num.astype("float64")
 
 
-def parse_times(col: pd.Series, name: str, path: Path) -> np.ndarray:
+def parse_times(col: pd.Series, name: str, path: Path | str) -> np.ndarray:
     """int64 epoch milliseconds (UTC). Naive times are taken as UTC; epoch numbers as ms."""
     if pd.api.types.is_numeric_dtype(col):
         ts = pd.to_datetime(col, unit="ms", utc=True, errors="coerce")
@@ -124,13 +132,16 @@ def parse_times(col: pd.Series, name: str, path: Path) -> np.ndarray:
     return ts.astype("datetime64[ms, UTC]").astype("int64").to_numpy()
 
 
-def load_frame(path: Path, spec: SeriesSpec) -> tuple[pd.DataFrame, LoadReport]:
+def load_frame(source: Source, spec: SeriesSpec) -> tuple[pd.DataFrame, LoadReport]:
     """Columns ``key, ts`` + value columns, sorted by (key, ts), duplicates dropped.
 
-    Missing values stay NaN here (filled by :func:`regularize` for training; the stream path
-    treats an event with a missing feature as bad input).
+    ``source``: a CSV/Parquet file, or a DataFrame with the same columns (times as datetimes,
+    ISO strings or epoch milliseconds). Missing values stay NaN here (filled by
+    :func:`regularize` for training; the stream path treats an event with a missing feature as
+    bad input).
     """
-    raw = read_table(path)
+    raw = source if isinstance(source, pd.DataFrame) else read_table(source)
+    path = source_name(source)
     wanted = [spec.time_col, *spec.value_cols] + ([spec.key_col] if spec.key_col else [])
     missing = [c for c in wanted if c not in raw.columns]
     if missing:

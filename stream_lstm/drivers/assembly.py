@@ -26,9 +26,10 @@ from stream_lstm.drivers.kafka_client import (
     max_message_bytes,
     topic_id,
 )
+from stream_lstm.drivers.queries import LatestQuery
 from stream_lstm.drivers.reload import ModelReloader, check_model
 from stream_lstm.errors import ConfigError, StateError, StreamLSTMError
-from stream_lstm.metrics import HealthServer, WorkerMetrics
+from stream_lstm.metrics import HealthServer, Query, WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.device import pick_device
 from stream_lstm.model.runtime import Forecaster
@@ -156,7 +157,8 @@ class EngineParts:
                 f"message.max.bytes={self.sink.max_message_bytes}); raise those limits or lower "
                 "--max-key-bytes"
             )
-        self.health = serve_metrics(s, metrics, self.healthy, self.readyz)
+        queries: dict[str, Query] = {"/latest": LatestQuery(s, self.engine)}
+        self.health = serve_metrics(s, metrics, self.healthy, self.readyz, queries)
         return partitions[s.input_topic]
 
     def check_input_topic(self) -> None:
@@ -260,12 +262,16 @@ def serve_metrics(
     metrics: WorkerMetrics,
     healthy: Callable[[], tuple[bool, str]],
     ready: Callable[[], tuple[bool, str]],
+    queries: dict[str, Query] | None = None,
 ) -> HealthServer | None:
-    """Start /metrics, /healthz and /readyz on ``metrics_addr:metrics_port`` (-1: none)."""
+    """Start /metrics, /healthz, /readyz and the ``queries`` on ``metrics_addr:metrics_port``
+    (-1: none)."""
     if s.metrics_port < 0:
         return None
     try:
-        server = HealthServer(metrics.registry, s.metrics_addr, s.metrics_port, healthy, ready)
+        server = HealthServer(
+            metrics.registry, s.metrics_addr, s.metrics_port, healthy, ready, queries
+        )
     except OSError as e:
         raise ConfigError(
             f"cannot serve metrics on {s.metrics_addr}:{s.metrics_port}: {e}"

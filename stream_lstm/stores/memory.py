@@ -96,5 +96,15 @@ class MemoryStore:
             if offset > self.marks.get((topic_id, p), -1):
                 self.marks[topic_id, p] = offset
 
+    def peek(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Records for a query, read-only (see ``RedisStateStore.peek``)."""
+        out = []
+        for k in keys:
+            rec = self.data.get(self._k(k))
+            if self.previous_version:
+                rec = newer(rec, self.data.get(self._k(k, self.previous_version)))
+            out.append(rec)
+        return out
+
     def record(self, key: str) -> bytes | None:
         return self.data.get(self._k(key))

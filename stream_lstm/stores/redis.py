@@ -229,6 +229,7 @@ class RedisStateStore:
         self._executor: ThreadPoolExecutor | None = None
         self._stale = False  # the last round failed: read the slot map first in the next
         self.replicas_short = False  # fewer replicas than min_replicas at start (/readyz)
+        self._resolved = False  # peek: the nodes resolved (connect() does it for the worker)
 
     @property
     def mode(self) -> str:
@@ -243,6 +244,7 @@ class RedisStateStore:
         while True:
             try:
                 self.nodes = resolve(self.nodes)
+                self._resolved = True
                 for addr in self.nodes.masters():
                     self.nodes.client(addr).script_load(WRITE_IF_NOT_OLDER)
                 break
@@ -457,6 +459,42 @@ class RedisStateStore:
                 out[i] = newer(c, p)
         if lost:
             self._lost_epochs(lost)
+        return out
+
+    def peek(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Records of ``keys`` for a query (``stream-lstm latest``, the worker's ``/latest``):
+        this version's, else the newest other version's registered (as :meth:`load` falls
+        back). Read-only: no epoch marker is read or set, no version registered, so a query
+        never changes the store; safe on its own instance beside a running worker."""
+        if not keys:
+            return []
+        if not self._resolved:
+            self.nodes = resolve(self.nodes)
+            self._resolved = True
+        slot = key_slot(self.versions_key.encode())
+        (raw,) = self._round(
+            "reading the model versions in",
+            [Call(slot, ("LRANGE", self.versions_key, 0, -1), [], 0)],
+        )
+        older = [
+            x
+            for x in (v.decode() if isinstance(v, bytes) else str(v) for v in raw)
+            if x != self.version
+        ]
+        prev = older[-1] if older else None
+        calls = []
+        for groups in self._calls(keys, 4 * self.chunk):
+            idx = [i for _, part in groups for i in part]
+            names = [self.record_key(keys[i]) for i in idx]
+            names += [self.record_key(keys[i], prev) for i in idx] if prev else []
+            calls.append(Call(self._slot(groups), ("MGET", *names), groups, len(idx)))
+        out: list[bytes | None] = [None] * len(keys)
+        for call, values in zip(calls, self._round("reading state from", calls), strict=True):
+            idx = [i for _, part in call.groups for i in part]
+            n = len(idx)
+            old = values[n:] if prev else [None] * n
+            for i, c, p in zip(idx, values[:n], old, strict=True):
+                out[i] = newer(c, p)
         return out
 
     def save(self, snap: Snapshot) -> SaveResult:

@@ -34,6 +34,7 @@ from stream_lstm.data.loading import (
     TS,
     LoadReport,
     SeriesSpec,
+    Source,
     load_frame,
     regularize,
 )
@@ -155,7 +156,7 @@ class Prepared:
     repairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # see REPAIRS_FILE
 
 
-def prepare(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
+def prepare(path: Source, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
     """Load, validate, regularise, repair, split, fit the scaler and encode the segments."""
     opts.check()
     df, report = load_frame(path, spec)
@@ -213,7 +214,7 @@ def prepare(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Prepared:
         log1p=list(opts.log1p),
         training={k: v for k, v in asdict(opts).items() if k != "progress"},
         data={
-            "path": str(path),
+            "path": None if isinstance(path, pd.DataFrame) else str(path),
             "key_col": spec.key_col,
             "time_col": spec.time_col,
             "split": {"val_start_ms": points.val_start, "test_start_ms": points.test_start},
@@ -531,7 +532,7 @@ class Trained:
     seconds: float
 
 
-def _train_one(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Trained:
+def _train_one(path: Source, spec: SeriesSpec, opts: TrainOptions) -> Trained:
     from stream_lstm.training import evaluate as ev
 
     t0 = time.perf_counter()
@@ -544,7 +545,7 @@ def _train_one(path: Path, spec: SeriesSpec, opts: TrainOptions) -> Trained:
 
 
 def search(
-    path: Path, spec: SeriesSpec, opts: TrainOptions
+    path: Source, spec: SeriesSpec, opts: TrainOptions
 ) -> tuple[Trained, list[dict[str, Any]]]:
     """Train each of :func:`candidates` while the budget lasts; the best on validation wins.
 
@@ -594,7 +595,7 @@ def search(
 
 
 def train(
-    path: Path, spec: SeriesSpec, opts: TrainOptions, out: Path
+    path: Source, spec: SeriesSpec, opts: TrainOptions, out: Path
 ) -> tuple[Artifact, dict[str, Any]]:
     """Prepare, fit (or search), save the artifact, evaluate on the test span, write metrics,
     the repaired rows and plots.

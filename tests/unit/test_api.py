@@ -1,0 +1,243 @@
+"""The public Python API: fit/predict/evaluate/save/load on DataFrames with the user's own column
+names and time types, and the online forecaster (the engine's own path) against predict."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import stream_lstm as sl
+from stream_lstm.data.loading import SeriesSpec, load_frame
+from stream_lstm.data.synthetic import synthetic_frame
+from stream_lstm.model.artifact import load_artifact
+from stream_lstm.model.runtime import Forecaster
+from stream_lstm.training.predict import predict_frame
+
+EPOCH = pd.Timestamp(0, tz="UTC")
+TINY = dict(time_step=12, horizon=6, hidden_size=16, epochs=2, batch_size=8)
+
+
+def user_frame(keys: int = 3, rows: int = 400) -> pd.DataFrame:
+    """Synthetic series with a user's column names and a datetime time column."""
+    df = synthetic_frame(keys=keys, rows=rows, features=2, seed=3)
+    return pd.DataFrame(
+        {
+            "sensor": df["key"].map(lambda k: f"sensor-{k}"),
+            "when": pd.to_datetime(df["ts"], unit="ms", utc=True),
+            "load": df["f0"],
+            "temp": df["f1"],
+        }
+    ).sample(frac=1.0, random_state=0)  # rows in no particular order
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return user_frame()
+
+
+@pytest.fixture(scope="module")
+def lstm(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> sl.Model:
+    out = tmp_path_factory.mktemp("api") / "lstm"
+    return sl.fit(
+        frame, time="when", targets="load", features=["load", "temp"], key="sensor", out=out,
+        norm="offset", **TINY,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cnn(frame: pd.DataFrame) -> sl.Model:
+    return sl.fit(
+        frame, time="when", targets=["load"], features=["load", "temp"], key="sensor",
+        kind="cnn-lstm-attn", norm="revin", max_windows=256, quantiles=(0.1, 0.5, 0.9),
+        loss="pinball", **TINY,
+    )  # fmt: skip
+
+
+def reference(model: sl.Model, frame: pd.DataFrame) -> pd.DataFrame:
+    """predict as the CLI computes it: the loader's own column names."""
+    spec = SeriesSpec("when", ("load", "temp"), ("load",), "sensor")
+    rows, _ = load_frame(frame, spec)
+    assert model.path is not None
+    return predict_frame(Forecaster(load_artifact(model.path)), rows)
+
+
+def test_predict_keeps_the_users_columns(lstm: sl.Model, frame: pd.DataFrame) -> None:
+    got = lstm.predict(frame)
+    assert list(got.columns) == ["sensor", "when", "target", "h", "value"]
+    assert isinstance(got["when"].dtype, pd.DatetimeTZDtype) and str(got["when"].dt.tz) == "UTC"
+    ref = reference(lstm, frame)
+    assert len(got) == len(ref) == len(frame) * 6
+    np.testing.assert_array_equal(got["value"].to_numpy(), ref["value"].to_numpy())
+    assert (got["sensor"].to_numpy() == ref["key"].to_numpy()).all()
+
+
+@pytest.mark.parametrize("form", ["iso", "naive", "epoch_s", "epoch_ms"])
+def test_time_types_give_the_same_forecasts(
+    lstm: sl.Model, frame: pd.DataFrame, form: str
+) -> None:
+    df = frame.copy()
+    unit = "ms"
+    if form == "iso":
+        df["when"] = df["when"].dt.strftime("%Y-%m-%dT%H:%M:%S%z")
+    elif form == "naive":
+        df["when"] = df["when"].dt.tz_localize(None)
+    elif form == "epoch_s":
+        df["when"] = (df["when"] - EPOCH) // pd.Timedelta(1, "s")
+        unit = "s"
+    else:
+        df["when"] = (df["when"] - EPOCH) // pd.Timedelta(1, "ms")
+    got = lstm.predict(df, time_unit=unit)  # type: ignore[arg-type]
+    base = lstm.predict(frame)
+    np.testing.assert_array_equal(got["value"].to_numpy(), base["value"].to_numpy())
+    assert (got["when"] == base["when"]).all()
+
+
+def test_save_load_round_trip(lstm: sl.Model, frame: pd.DataFrame, tmp_path: Path) -> None:
+    saved = lstm.save(tmp_path / "copy")
+    again = sl.load(saved)
+    assert again.version == lstm.version
+    np.testing.assert_array_equal(
+        again.predict(frame)["value"].to_numpy(), lstm.predict(frame)["value"].to_numpy()
+    )
+    with pytest.raises(sl.ConfigError, match="not empty"):
+        lstm.save(tmp_path / "copy")
+
+
+def test_fit_without_out_lives_in_a_temporary_directory(cnn: sl.Model, tmp_path: Path) -> None:
+    assert cnn.path is not None and cnn.path.exists()
+    tmp = cnn.path
+    cnn.save(tmp_path / "cnn")
+    assert cnn.path == tmp_path / "cnn" and not tmp.exists()
+    assert (tmp_path / "cnn" / "config.json").exists()
+
+
+def test_evaluate_returns_the_scores(lstm: sl.Model, frame: pd.DataFrame) -> None:
+    res = lstm.evaluate(frame)
+    assert res["model"] == lstm.version and res["split"] == "test"
+    assert set(res["scores"]) == {"model", "linear", "seasonal_naive", "persistence"}
+    assert res["scores"]["model"]["original"]["overall"]["mse"] > 0
+    assert "evaluation" in lstm.metrics
+
+
+def test_bad_arguments_say_what_to_fix(frame: pd.DataFrame, lstm: sl.Model) -> None:
+    with pytest.raises(sl.ConfigError, match="unknown training option"):
+        sl.fit(frame, time="when", targets="load", key="sensor", epoch=3)
+    with pytest.raises(sl.DataError, match="time column 'stamp' not found"):
+        sl.fit(frame, time="stamp", targets="load", key="sensor")
+    with pytest.raises(sl.DataError, match=r"column\(s\) \['lod'\] not found"):
+        sl.fit(frame, time="when", targets="lod", key="sensor")
+    with pytest.raises(sl.ConfigError, match="time_unit"):
+        lstm.predict(frame, time_unit="minutes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="DataFrame"):
+        sl.fit([1, 2, 3], time="when", targets="load")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("which", ["lstm", "cnn"])
+def test_online_equals_predict(
+    which: str, lstm: sl.Model, cnn: sl.Model, frame: pd.DataFrame
+) -> None:
+    model = lstm if which == "lstm" else cnn
+    online = model.online()
+    results = online.update_frame(frame, batch=97)  # ticks of odd sizes
+    assert all(isinstance(r, sl.Forecast) for r in results)
+    ref = model.predict(frame)
+    if "quantile" in ref.columns:
+        ref = ref[ref["quantile"] == 0.5]
+    want = ref.set_index(["sensor", "when", "h"])["value"]
+    for row, f in zip(frame.itertuples(), results, strict=True):
+        assert isinstance(f, sl.Forecast)
+        assert f.key == row.sensor and f.time == row.when
+        exp = want.loc[(row.sensor, row.when)].sort_index().to_numpy()
+        np.testing.assert_allclose(f.forecast["load"], exp, rtol=1e-5, atol=1e-5)
+    if which == "cnn":
+        assert results[0].quantiles is not None  # type: ignore[union-attr]
+
+
+def test_event_by_event_restart_and_latest(lstm: sl.Model, frame: pd.DataFrame) -> None:
+    """One event per call, a restart half way (a new forecaster on the same store), then the
+    latest forecast of each key read back from the store."""
+    rows = frame.sort_values(["when", "sensor"])
+    half = len(rows) // 2
+    online = lstm.online()
+    store = online.store
+    got: list[sl.Forecast] = []
+    for r in rows.iloc[:half].itertuples():
+        got.append(online.update(r.sensor, r.when, {"load": r.load, "temp": r.temp}))
+    online.close()
+    again = lstm.online(store=store)  # a restart: state from the store only
+    for r in rows.iloc[half:].itertuples():
+        got.append(again.update(r.sensor, r.when.isoformat(), {"load": r.load, "temp": r.temp}))
+    ref = lstm.predict(frame).set_index(["sensor", "when", "h"])["value"]
+    for r, f in zip(rows.itertuples(), got, strict=True):
+        exp = ref.loc[(r.sensor, r.when)].sort_index().to_numpy()
+        np.testing.assert_allclose(f.forecast["load"], exp, rtol=1e-5, atol=1e-5)
+    last = {f.key: f for f in got}
+    for key, f in last.items():
+        latest = again.latest(key)
+        assert latest is not None and latest.ts == f.ts and latest.model == lstm.version
+        np.testing.assert_allclose(latest.forecast["load"], f.forecast["load"], rtol=1e-5)
+    assert again.latest("nobody") is None
+
+
+def test_latest_of_a_windowed_model(cnn: sl.Model, frame: pd.DataFrame) -> None:
+    online = cnn.online()
+    res = online.update_frame(frame.head(60))
+    last: dict[str, sl.Forecast] = {}
+    for f in res:
+        assert isinstance(f, sl.Forecast)
+        if f.key not in last or f.ts > last[f.key].ts:
+            last[f.key] = f
+    for key, f in last.items():
+        got = online.latest(key)
+        assert got is not None and got.ts == f.ts
+        np.testing.assert_allclose(got.forecast["load"], f.forecast["load"], rtol=1e-5)
+        assert got.quantiles is not None and f.quantiles is not None
+        np.testing.assert_allclose(
+            got.quantiles["load"]["0.9"], f.quantiles["load"]["0.9"], rtol=1e-5
+        )
+
+
+def test_rejected_events_carry_the_workers_reason(lstm: sl.Model) -> None:
+    online = lstm.online()
+    t0 = pd.Timestamp("2024-03-01T00:00:00Z")
+    ok = online.update("a", t0, {"load": 10.0, "temp": 5.0})
+    assert ok.key == "a" and len(ok.forecast["load"]) == 6
+    res = online.update_many(
+        [
+            ("a", t0, {"load": 11.0, "temp": 5.0}),  # same time again: late/duplicate
+            ("a", t0 + pd.Timedelta(hours=1), {"load": 11.0}),  # a feature missing
+            {"key": "b", "ts": "not a time", "values": {"load": 1.0, "temp": 1.0}},
+            ("b", t0, {"load": float("nan"), "temp": 1.0}),
+            ("c", t0, {"load": 1.0, "temp": 2.0}),
+        ]
+    )
+    assert [type(r).__name__ for r in res] == ["Rejected"] * 4 + ["Forecast"]
+    reasons = [r.reason for r in res[:4]]  # type: ignore[union-attr]
+    assert all(reasons) and len(set(reasons)) >= 3, reasons
+    with pytest.raises(sl.EventRejectedError, match="rejected"):
+        online.update("a", t0, {"load": 1.0, "temp": 1.0})
+    dropping = lstm.online(late="drop")
+    dropping.update("a", t0, {"load": 1.0, "temp": 1.0})
+    earlier = t0 - pd.Timedelta(hours=1)
+    assert dropping.update_many([("a", earlier, {"load": 1.0, "temp": 1.0})]) == [None]
+    with pytest.raises(sl.ConfigError, match="late must be"):
+        lstm.online(late="keep")
+    with pytest.raises(sl.ConfigError, match="store must be"):
+        lstm.online(store="postgres://x")
+
+
+def test_import_is_light() -> None:
+    """``import stream_lstm`` (and the CLI's --help) must not load torch; the API names load
+    on first use."""
+    code = (
+        "import sys, stream_lstm as sl; assert 'torch' not in sys.modules; "
+        "assert sorted(sl.__all__) == sorted(set(sl.__all__)); "
+        "f = sl.fit; assert 'torch' in sys.modules; print(sl.__version__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == sl.__version__
