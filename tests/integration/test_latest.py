@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +99,35 @@ def test_latest_from_redis_equals_the_last_published_forecast(
     assert main(["latest", keys[0], *argv[len(keys) :]]) == 0
     table = capsys.readouterr().out
     assert keys[0] in table and pd.Timestamp(last[keys[0]]["ts"], unit="ms").year == 2024
+
+
+def test_online_forecaster_on_redis_survives_a_restart(
+    services: Services, synth_model: Path, synth_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Python API's online forecaster with its state in the real Redis: a second forecaster
+    (a restarted process) continues each key from the stored state, and equals predict; the
+    state it wrote is the worker's format (stream-lstm latest reads it)."""
+    import stream_lstm as sl
+
+    model = sl.load(synth_model)
+    frame = pd.read_csv(synth_data).groupby("key").head(80)
+    ns = f"api-{uuid.uuid4().hex[:8]}"
+    half = frame[frame["ts"] < frame["ts"].quantile(0.5)]
+    rest = frame[frame["ts"] >= frame["ts"].quantile(0.5)]
+    with model.online(store=services.redis_url, namespace=ns) as first:
+        a = first.update_frame(half)
+    with model.online(store=services.redis_url, namespace=ns) as second:
+        b = second.update_frame(rest)
+        latest = second.latest("k0")
+    got = {(f.key, f.ts): f.forecast["f0"] for f in [*a, *b] if isinstance(f, sl.Forecast)}
+    assert len(got) == len(frame)
+    ref = model.predict(frame)
+    ref["ms"] = (ref["ts"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms")
+    for (key, ts), want in ref.groupby(["key", "ms"])["value"]:
+        np.testing.assert_allclose(got[key, ts], want.to_numpy(), rtol=1e-5, atol=1e-5)
+    last_k0 = max(ts for k, ts in got if k == "k0")
+    assert latest is not None and latest.ts == last_k0
+    argv = ["k0", "--model", str(synth_model), "--redis", services.redis_url, "--namespace", ns]
+    assert main(["latest", *argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(doc["forecasts"][0]["forecast"]["f0"], got["k0", last_k0], rtol=1e-5)
