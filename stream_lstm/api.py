@@ -36,6 +36,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -51,7 +52,6 @@ from stream_lstm.runtime.events import (
     DecoderConfig,
     InMessage,
     decode_forecast,
-    encode_event,
 )
 from stream_lstm.runtime.query import latest_forecast
 from stream_lstm.stores.base import StateStore
@@ -390,7 +390,17 @@ class _Sink:
         return out
 
 
-_OUT, _DLQ, _ALERTS, _IN = "forecasts", "rejected", "alerts", "events"
+_OUT, _DLQ, _IN = "forecasts", "rejected", "events"
+
+
+def _plain(obj: Any) -> Any:
+    """numpy and pandas scalars in event values → Python numbers (for the JSON encoder)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not a number")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_plain)
 Event = tuple[str, Any, Mapping[str, Any]] | Mapping[str, Any]
 
 
@@ -505,14 +515,19 @@ class OnlineForecaster:
         evs = self._events(events)
         msgs, first = [], self._offset
         now = int(_time.time() * 1000)
+        results: list[Forecast | Rejected | None] = [None] * len(evs)
         for i, (k, ts, vals) in enumerate(evs):
-            kb = str(k).encode()
-            body = encode_event(str(k), _ms(ts), dict(vals))
+            key = None if k is None else str(k)  # no key: refused by the decoder (null_key)
+            try:
+                body = _ENCODER.encode({"key": key, "ts": _ms(ts), "values": vals})
+            except (TypeError, ValueError, OverflowError) as e:
+                results[i] = Rejected(str(k), ts, "wrong_type", f"cannot encode the event: {e}")
+                body = b""  # refused by the decoder as empty; the Rejected above stands
+            kb = None if key is None else key.encode()
             msgs.append(InMessage(kb, body, _IN, 0, first + i, now))
         self._offset += len(msgs)
         if msgs:
             self.engine.process(msgs)
-        results: list[Forecast | Rejected | None] = [None] * len(msgs)
         for topic, _, value, headers in self._sink.take():
             if topic == _OUT and value is not None:
                 f = decode_forecast(value)
@@ -522,7 +537,7 @@ class OnlineForecaster:
             elif topic == _DLQ:
                 h = {n: v.decode(errors="replace") for n, v in headers or []}
                 i = int(h.get("source", "//-1").rsplit("/", 1)[-1]) - first
-                if 0 <= i < len(evs):
+                if 0 <= i < len(evs) and results[i] is None:
                     results[i] = Rejected(
                         str(evs[i][0]), evs[i][1], h.get("reason", "?"), h.get("detail", "")
                     )

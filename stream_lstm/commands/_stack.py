@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from stream_lstm.config import StackSettings, build_settings
-from stream_lstm.stack import Stack
+from stream_lstm.stack import ComponentStatus, Stack
 
 
 def add_stack_flags(p: argparse.ArgumentParser, *, redis_cluster: bool = False) -> None:
@@ -67,13 +68,51 @@ def stack_from_args(args: argparse.Namespace) -> Stack:
     )
 
 
-def print_status(stack: Stack, console: Console) -> None:
+def print_status(
+    stack: Stack, console: Console, parts: list[ComponentStatus] | None = None
+) -> None:
+    """The status table of ``parts`` (default: asked now)."""
     table = Table(title=f"local stack in {stack.root}")
     for col in ("part", "address"):  # long ones fold rather than end in "…"
         table.add_column(col, overflow="fold")
     for col in ("state", "pid", "RSS"):
         table.add_column(col, no_wrap=True)
-    for c in stack.status():
+    for c in stack.status() if parts is None else parts:
         rss = f"{c.rss_bytes / 2**20:.0f} MiB" if c.rss_bytes else "-"
         table.add_row(c.detail, c.address, c.state, str(c.pid or "-"), rss)
     console.print(table)
+
+
+# what `stack status --json` prints; the shape is in STATUS_JSON_SHAPE
+STATUS_JSON_SHAPE = (
+    "--json: one JSON document: {root (run directory), ready (every part ready), parts: [{name "
+    "(kafka, redis, redis-cluster), part (the table's text), address, state, ready, pid, "
+    "rss_bytes, role, slots, master_of, cluster_ok}]}; pid and rss_bytes are null for a part "
+    "not running (or not ours); role (master, replica, down, fail), slots, master_of and "
+    "cluster_ok are set for Redis Cluster nodes only (null otherwise). The exit code is the "
+    "same as without --json."
+)
+
+
+def status_json(stack: Stack, parts: list[ComponentStatus]) -> dict[str, Any]:
+    """``stack status --json``: the table's rows as fields (see STATUS_JSON_SHAPE)."""
+    return {
+        "root": str(stack.root),
+        "ready": all(c.ready for c in parts),
+        "parts": [
+            {
+                "name": c.name,
+                "part": c.detail,
+                "address": c.address,
+                "state": c.state,
+                "ready": c.ready,
+                "pid": c.pid,
+                "rss_bytes": c.rss_bytes,
+                "role": c.role,
+                "slots": c.slots,
+                "master_of": c.master_of,
+                "cluster_ok": c.cluster_ok,
+            }
+            for c in parts
+        ],
+    }

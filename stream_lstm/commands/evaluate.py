@@ -16,7 +16,7 @@ from stream_lstm.commands._data import (
     data_flags,
     resolve_series,
 )
-from stream_lstm.commands._output import check_output_file
+from stream_lstm.commands._output import JSON_HELP, check_output_file, write_json
 from stream_lstm.commands._scores import print_scores
 from stream_lstm.config import DataSettings, build_settings
 from stream_lstm.errors import ConfigError
@@ -40,7 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--split test), seasonal naive and persistence. Flags each target on which the "
             "model's standardised MSE is not below a baseline's. Prints tables and writes JSON."
         ),
-        epilog="example: stream-lstm evaluate --model models/vic_elec --dataset vic_elec",
+        epilog=(
+            "--json: one JSON document on stdout instead of the tables, the one written to "
+            "--out plus where it went: {model (version), data (file), split, season, horizon, "
+            "targets, origins, scores: {METHOD: {original|standardised: {count, overall: "
+            "{mse, mae, rmse, smape}, per_h: {mse|mae|rmse|smape: [one per step, null where "
+            "nothing was scored]}, per_target: {TARGET: {mse, mae, rmse, smape, count}}}}}, "
+            "coverage, flags, linear_fit, out, plots: [PNG paths]}; METHOD: model, linear, "
+            "seasonal_naive, persistence; numbers at full precision (the tables round). "
+            "example: stream-lstm evaluate --model models/vic_elec --dataset vic_elec"
+        ),
     )
     p.add_argument("--model", type=Path, required=True, help="artifact directory")
     add_data_flags(p, columns=False)
@@ -54,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_missing_flag(p)
     p.add_argument("--out", type=Path, help="JSON file to write (default <model>/evaluation.json)")
     p.add_argument("--plots", type=Path, help="directory for PNG plots (default: none)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=run)
 
 
@@ -80,10 +90,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("the model records no split dates; use --split all")
         points = SplitPoints(int(cut["val_start_ms"]), int(cut["test_start_ms"]))
     result = evaluate(Forecaster(artifact), frame, points, args.split, args.season, args.missing)
+    doc = {"model": artifact.version, "data": str(path), **result.to_json()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"model": artifact.version, "data": str(path), **result.to_json()}, indent=1)
-    )
+    out.write_text(json.dumps(doc, indent=1))
+    if args.json:
+        plots = plot_all(args.plots, None, result) if args.plots else []
+        write_json(doc | {"out": str(out), "plots": [str(p) for p in plots]})
+        return 0
     console = Console()
     print_scores(console, result)
     if args.plots:

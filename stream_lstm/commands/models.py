@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from stream_lstm.commands._output import JSON_HELP, write_json
 from stream_lstm.errors import ConfigError, ModelError, read_error
 
 HELP = "list model artifacts: version, kind, data, shape, test metrics against the baselines"
@@ -25,10 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             "An artifact that cannot be read is listed with the reason, and the command then "
             "exits with code 2."
         ),
-        epilog="example: stream-lstm models artifacts/  ·  stream-lstm models --json models/a",
+        epilog=(
+            "--json: JSON Lines, one object per artifact: path, version, kind, features and "
+            "targets (lists), time_step, horizon, interval_ms, data (file name), rows, "
+            "test_rmse, seasonal_naive_rmse, persistence_rmse (original units, full precision; "
+            "null when not recorded), trained (model.safetensors' mtime, epoch seconds); an "
+            "artifact that cannot be read: {path, error}. No artifacts: no lines. "
+            "example: stream-lstm models artifacts/  ·  "
+            "stream-lstm models --json models | jq -r .version"
+        ),
     )
     p.add_argument("paths", nargs="*", type=Path, default=[Path("artifacts")], metavar="DIR")
-    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(run=run)
 
 
@@ -92,7 +101,7 @@ def describe(d: Path) -> dict[str, Any]:
         "time_step": cfg.get("time_step"),
         "horizon": cfg.get("horizon"),
         "interval_ms": cfg.get("interval_ms"),
-        "data": Path(str(data.get("path", ""))).name or None,
+        "data": Path(str(data.get("path") or "")).name or None,
         "rows": (metrics.get("data") or {}).get("rows"),
         "test_rmse": rmse("model"),
         "seasonal_naive_rmse": rmse("seasonal_naive"),
@@ -109,11 +118,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     rows = [describe(d) for d in find_artifacts(args.paths)]
-    console = Console()
     if args.json:
         for r in rows:
-            console.print_json(json.dumps(r), indent=None)
+            write_json(r)
         return _exit_code(rows)
+    console = Console()
     if not rows:
         console.print(
             f"no artifacts in {', '.join(map(str, args.paths))} (train one: stream-lstm train)"

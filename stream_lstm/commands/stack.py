@@ -7,7 +7,14 @@ import argparse
 
 from rich.console import Console
 
-from stream_lstm.commands._stack import add_stack_flags, print_status, stack_from_args
+from stream_lstm.commands._output import JSON_HELP, write_json
+from stream_lstm.commands._stack import (
+    STATUS_JSON_SHAPE,
+    add_stack_flags,
+    print_status,
+    stack_from_args,
+    status_json,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,8 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             _status,
         ),
     ):
-        a = acts.add_parser(name, help=help_, description=help_)
+        a = acts.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=STATUS_JSON_SHAPE if name == "status" else None,
+        )
         add_stack_flags(a, redis_cluster=True)
+        if name == "status":
+            a.add_argument("--json", action="store_true", help=JSON_HELP)
         a.set_defaults(run=fn)
 
 
@@ -69,5 +83,9 @@ def _down(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     stack = stack_from_args(args)
-    print_status(stack, Console())
-    return 0 if all(c.ready for c in stack.status()) else 3
+    parts = stack.status()  # asked once: the exit code agrees with what is printed
+    if args.json:
+        write_json(status_json(stack, parts))
+    else:
+        print_status(stack, Console(), parts)
+    return 0 if all(c.ready for c in parts) else 3

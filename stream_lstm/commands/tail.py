@@ -9,6 +9,7 @@ import uuid
 from rich.console import Console
 
 from stream_lstm.commands._kafka import add_kafka_flags, kafka_settings
+from stream_lstm.commands._output import JSON_HELP, stdout_closed, write_json
 from stream_lstm.config import KafkaSettings
 from stream_lstm.errors import ConfigError, KafkaClientError
 
@@ -22,12 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print forecasts from a topic as they arrive",
         description=(
             "Read a forecast topic (from its end by default; all partitions, without joining a "
-            "consumer group) and print one line per forecast target. A message that is not a "
+            "consumer group) and print one line per forecast target (--json: one JSON object "
+            "per forecast message). A message that is not a "
             "forecast is shown once (the first, with its partition and offset, on stderr) and "
             "then counted; the count is printed at the end and every "
             f"{NOT_FORECAST_REPORT_S:.0f} s while more arrive. A missing topic exits with 2."
         ),
-        epilog="example: stream-lstm tail --topic forecasts --bootstrap 127.0.0.1:9092",
+        epilog=(
+            "--json: JSON Lines on stdout, one object per forecast message (not per target), "
+            "flushed per line: the decoded forecast as published (key, ts in epoch ms, model, "
+            "interval, interval_ms, forecast: {TARGET: [every horizon step, full precision]}, "
+            "partition and offset of the source event, quantiles when the model has them) "
+            "plus kafka: {topic, partition, offset, timestamp (epoch ms, null if none)} "
+            "locating the forecast message itself; --steps does not apply. Messages that are "
+            "not forecasts are reported on stderr as without --json. "
+            "example: stream-lstm tail --topic forecasts --bootstrap 127.0.0.1:9092  ·  "
+            "stream-lstm tail --topic forecasts --json | jq -c '{key, f: .forecast}'"
+        ),
     )
     p.add_argument("--topic", required=True, help="forecast topic")
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
@@ -40,14 +52,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout", type=float, help="exit after this many seconds without a new message"
     )
-    p.add_argument("--steps", type=int, default=6, help="horizon steps to show (default 6)")
+    p.add_argument(
+        "--steps", type=int, default=6, help="horizon steps to show (default 6; not with --json)"
+    )
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     add_kafka_flags(p)
     p.set_defaults(run=run_tail)
 
 
 def run_tail(args: argparse.Namespace) -> int:
+    import msgspec
     import pandas as pd
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        OFFSET_END,
+        TIMESTAMP_NOT_AVAILABLE,
+        KafkaError,
+        TopicPartition,
+    )
 
     from stream_lstm.drivers.kafka_client import check_topics, make_consumer
     from stream_lstm.kafka_readers import reader_options
@@ -98,6 +120,16 @@ def run_tail(args: argparse.Namespace) -> int:
                             markup=False,
                         )
                     continue
+                if args.json:
+                    ts_type, ts = m.timestamp()
+                    kafka = {
+                        "topic": m.topic(),
+                        "partition": m.partition(),
+                        "offset": m.offset(),
+                        "timestamp": None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+                    }
+                    write_json(msgspec.to_builtins(f) | {"kafka": kafka})
+                    continue
                 when = pd.Timestamp(f.ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M")
                 for target, vals in f.forecast.items():
                     shown = " ".join(f"{v:.4g}" for v in vals[: args.steps])
@@ -110,6 +142,8 @@ def run_tail(args: argparse.Namespace) -> int:
                 reported_at, reported = now, other
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # the reader has gone (`… | head -3`): stop, as after --max
+        stdout_closed()
     finally:
         c.close()
     if other:

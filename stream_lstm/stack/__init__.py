@@ -37,6 +37,11 @@ class ComponentStatus:
     rss_bytes: int | None
     ready: bool
     detail: str = ""
+    # a Redis Cluster node only (None for the others): what ``detail`` says, as fields
+    role: str | None = None  # master | replica | down | fail
+    slots: int | None = None  # slots served (a dead master: those not yet taken over)
+    master_of: str | None = None  # a replica's master (host:port)
+    cluster_ok: bool | None = None  # its CLUSTER INFO cluster_state:ok
 
     @property
     def state(self) -> str:
@@ -164,6 +169,10 @@ class Stack:
                     rss_bytes=n.rss_bytes,
                     ready=n.up,
                     detail=cluster_detail(n),
+                    role=n.role,
+                    slots=n.slots,
+                    master_of=n.master_of,
+                    cluster_ok=n.cluster_ok,
                 )
                 for n in self.cluster.nodes()
             ]

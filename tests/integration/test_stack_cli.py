@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def test_up_is_idempotent_status_reports_and_down_stops(
         out = capsys.readouterr().out
         assert out.count("ready") == 2
         assert re.search(r"\d+ MiB", out), "RSS is reported"
+
+        assert main(["stack", "status", "--json", *flags]) == 0
+        doc = json.loads(capsys.readouterr().out)  # one document, nothing else
+        assert doc["root"] == str(tmp_path / "stack") and doc["ready"] is True
+        parts = {p["name"]: p for p in doc["parts"]}
+        assert set(parts) == {"kafka", "redis"}
+        assert {p["pid"] for p in parts.values()} == pids
+        assert parts["kafka"]["address"] == f"127.0.0.1:{ports[0]}"
+        assert parts["redis"]["address"] == f"redis://127.0.0.1:{ports[2]}/0"
+        assert all(p["state"] == "ready" and p["rss_bytes"] > 0 for p in parts.values())
     finally:
         assert main(["stack", "down", *flags]) == 0
     out = capsys.readouterr().out
@@ -50,6 +61,11 @@ def test_up_is_idempotent_status_reports_and_down_stops(
     assert "redis: stopped" in out
     assert not any(procs.is_alive(p) for p in pids)
     assert main(["stack", "status", *flags]) == 3
+    capsys.readouterr()
+    assert main(["stack", "status", "--json", *flags]) == 3  # the same exit code with --json
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ready"] is False
+    assert all(p["state"] == "stopped" and p["pid"] is None for p in doc["parts"])
     assert main(["stack", "down", *flags]) == 0
     assert "was not running" in capsys.readouterr().out
 

@@ -77,9 +77,7 @@ def test_predict_keeps_the_users_columns(lstm: sl.Model, frame: pd.DataFrame) ->
 
 
 @pytest.mark.parametrize("form", ["iso", "naive", "epoch_s", "epoch_ms"])
-def test_time_types_give_the_same_forecasts(
-    lstm: sl.Model, frame: pd.DataFrame, form: str
-) -> None:
+def test_time_types_give_the_same_forecasts(lstm: sl.Model, frame: pd.DataFrame, form: str) -> None:
     df = frame.copy()
     unit = "ms"
     if form == "iso":
@@ -221,6 +219,16 @@ def test_rejected_events_carry_the_workers_reason(lstm: sl.Model) -> None:
     assert all(reasons) and len(set(reasons)) >= 3, reasons
     with pytest.raises(sl.EventRejectedError, match="rejected"):
         online.update("a", t0, {"load": 1.0, "temp": 1.0})
+    t1 = t0 + pd.Timedelta(hours=2)
+    odd = online.update_many(
+        [
+            (None, t1, {"load": 1.0, "temp": 1.0}),  # no key
+            ("d", t1, {"load": object(), "temp": 1.0}),  # not a number
+            ("e", t1, {"load": np.float32(2.5), "temp": np.int64(3)}),  # numpy scalars are fine
+        ]
+    )
+    assert [getattr(r, "reason", "ok") for r in odd] == ["wrong_type", "wrong_type", "ok"]
+    assert "key" in odd[0].detail and "object" in odd[1].detail  # type: ignore[union-attr]
     dropping = lstm.online(late="drop")
     dropping.update("a", t0, {"load": 1.0, "temp": 1.0})
     earlier = t0 - pd.Timedelta(hours=1)
