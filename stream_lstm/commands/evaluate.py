@@ -4,10 +4,10 @@ persistence baseline."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
 from rich.console import Console
 
 from stream_lstm.commands._data import (
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(Forecaster(artifact), frame, points, args.split, args.season, args.missing)
     doc = {"model": artifact.version, "data": str(path), **result.to_json()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     if args.json:
         plots = plot_all(args.plots, None, result) if args.plots else []
         write_json(doc | {"out": str(out), "plots": [str(p) for p in plots]})
