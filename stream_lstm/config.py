@@ -30,7 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from stream_lstm.errors import ConfigError
-from stream_lstm.redact import is_secret_kafka_key, redact_kafka
+from stream_lstm.redact import MASK, is_secret_kafka_key, redact_kafka, redact_url
 
 if TYPE_CHECKING:
     from stream_lstm.runtime.scoring import ScoringConfig
@@ -547,6 +547,42 @@ class WorkerSettings(TopicSettings):
     allow_unknown_features: bool = opt(
         False, "ignore value names the model does not know", group="validation"
     )
+    # Avro, Protobuf and JSON Schema through a Schema Registry (stream_lstm/drivers/formats.py)
+    input_format: Literal["json", "avro", "protobuf", "json-schema"] = opt(
+        "json",
+        "the input events' format: `json`, or `avro`, `protobuf`, `json-schema` in the Schema "
+        "Registry's wire format (needs `--schema-registry-url`; schemas in docs/formats.md)",
+        group="formats",
+    )
+    output_format: Literal["json", "avro", "protobuf", "json-schema"] = opt(
+        "json",
+        "the forecasts' format (non-JSON: the schema is registered under "
+        "`<output topic>-value`; dead letters keep their original bytes, alerts stay JSON)",
+        group="formats",
+    )
+    schema_registry_url: SecretStr | None = opt(
+        None,
+        "Confluent-compatible Schema Registry URL, e.g. `http://127.0.0.1:8081` (Apicurio: "
+        "`…/apis/ccompat/v7`)",
+        group="formats",
+    )
+    schema_registry_auth: SecretStr | None = opt(
+        None,
+        "HTTP basic auth for the Schema Registry, `user:password`",
+        metavar="USER:PASSWORD", group="formats", hidden=True,
+    )  # fmt: skip
+    schema_registry_options: KafkaOptions = opt(
+        help="confluent-kafka SchemaRegistryClient setting, e.g. `ssl.ca.location=/ca.pem`, "
+        "`bearer.auth.credentials.source=STATIC_TOKEN`, `timeout=10` (repeatable)",
+        flag="--schema-registry-option", metavar="KEY=VALUE", group="formats", factory=dict,
+        hidden=True,
+    )  # fmt: skip
+    registry_outage_limit_s: Annotated[float, Field(ge=0)] = opt(
+        240.0,
+        "keep retrying a Schema Registry that cannot be reached this long (events wait, "
+        "nothing is dead-lettered or committed past them), then exit 1",
+        flag="--registry-outage-limit", group="formats",
+    )  # fmt: skip
     # live forecast scoring and excursion alerts (stream_lstm/runtime/scoring.py)
     score_steps: str = opt(
         "auto",
@@ -710,6 +746,54 @@ class WorkerSettings(TopicSettings):
                 "would consume its own output (each dead letter a new bad event, without end)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _formats(self) -> Self:
+        """A registry format needs the registry; its URL and basic auth have their own
+        settings (kept secret), not options."""
+        needs = [
+            f"{flag} {fmt}"
+            for flag, fmt in (
+                ("--input-format", self.input_format),
+                ("--output-format", self.output_format),
+            )
+            if fmt != "json"
+        ]
+        if needs and self.schema_registry_url is None:
+            raise ValueError(
+                f"{' and '.join(needs)} needs a Schema Registry: set --schema-registry-url "
+                "(STREAM_LSTM_SCHEMA_REGISTRY_URL, or schema_registry_url in the [worker] "
+                "table), e.g. http://127.0.0.1:8081"
+            )
+        for k in ("url", "basic.auth.user.info"):
+            if k in self.schema_registry_options:
+                flag = "--schema-registry-url" if k == "url" else "--schema-registry-auth"
+                raise ValueError(
+                    f"the Schema Registry option {k} is refused in --schema-registry-option: "
+                    f"give {flag} instead"
+                )
+        return self
+
+    def registry_conf(self) -> dict[str, str]:
+        """confluent-kafka's SchemaRegistryClient configuration (holds secrets: never log it;
+        :meth:`registry_shown` is the loggable form)."""
+        conf = {**self.schema_registry_options}
+        if self.schema_registry_url is not None:
+            conf["url"] = self.schema_registry_url.get_secret_value()
+        if self.schema_registry_auth is not None:
+            conf["basic.auth.user.info"] = self.schema_registry_auth.get_secret_value()
+            conf.setdefault("basic.auth.credentials.source", "USER_INFO")
+        return conf
+
+    def registry_shown(self) -> dict[str, str]:
+        """The Schema Registry settings with secrets masked."""
+        shown = redact_kafka(self.schema_registry_options)
+        if self.schema_registry_url is not None:
+            shown["url"] = redact_url(self.schema_registry_url.get_secret_value())
+        if self.schema_registry_auth is not None:
+            user = self.schema_registry_auth.get_secret_value().partition(":")[0]
+            shown["basic.auth.user.info"] = f"{user}:{MASK}"
+        return shown
 
     @field_validator("model", mode="before")
     @classmethod

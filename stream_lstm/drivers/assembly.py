@@ -92,6 +92,10 @@ class EngineParts:
     ready: bool = False
     last_beat: float = field(default_factory=time.monotonic)
     retry: RedisRetry | None = None  # the engine's Redis retries (a failing store: unready)
+    # Avro/Protobuf/JSON Schema (drivers/formats.py): the registry retries and the output's
+    # serializer (None: JSON)
+    registry_retry: Any = None
+    serializer: Any = None
     _admin: Any = None  # reads the input topic's id (a re-created topic has a new one)
     _input_topic: str = ""
 
@@ -116,6 +120,8 @@ class EngineParts:
             return False, "starting"
         if self.retry is not None and self.retry.failing:
             return False, f"retrying Redis: {self.retry.failing}"
+        if self.registry_retry is not None and self.registry_retry.failing:
+            return False, f"retrying the Schema Registry: {self.registry_retry.failing}"
         if self.store.replicas_short:
             return False, "fewer Redis replicas than --redis-min-replicas: nothing can commit"
         if not self.store.ping():
@@ -157,9 +163,38 @@ class EngineParts:
                 f"message.max.bytes={self.sink.max_message_bytes}); raise those limits or lower "
                 "--max-key-bytes"
             )
+        if self.registry_retry is not None:
+            self._check_registry(s)
         queries: dict[str, Query] = {"/latest": LatestQuery(s, self.engine)}
         self.health = serve_metrics(s, metrics, self.healthy, self.readyz, queries)
         return partitions[s.input_topic]
+
+    def _check_registry(self, s: WorkerSettings) -> None:
+        """The registry answers (a wrong URL would refuse every event as an unknown schema),
+        and the output's schema is registered (an incompatible one is refused now)."""
+        from stream_lstm.drivers.formats import RegistryUnavailableError, is_unavailable
+
+        retry = self.registry_retry
+        try:
+            retry.limit_s = max(s.redis_connect_timeout_s, 1e-3)  # (0: fail at once)
+            retry(retry.client.get_subjects)
+            if self.serializer is not None:
+                retry(self.serializer.register)
+        except RegistryUnavailableError as e:
+            raise ConfigError(f"{e} (at start; --redis-connect-timeout waits longer)") from None
+        except Exception as e:
+            if is_unavailable(e):
+                raise
+            raise ConfigError(
+                f"Schema Registry {s.registry_shown()['url']}: {type(e).__name__}: {e} (is the "
+                "URL the registry's Confluent-compatible API? Apicurio: …/apis/ccompat/v7)"
+            ) from None
+        finally:
+            retry.limit_s = s.registry_outage_limit_s
+        log.info(
+            "formats: input %s, output %s; Schema Registry %s",
+            s.input_format, s.output_format, s.registry_shown(),
+        )  # fmt: skip
 
     def check_input_topic(self) -> None:
         """Every few seconds: a new topic id means the input topic was re-created even if the
@@ -233,10 +268,30 @@ def build_engine(
         if s.exactly_once
         else KafkaSink(s.bootstrap, s.producer_config(), s.flush_timeout_s)
     )
+    registry_retry, serializer, translate = None, None, None
+    engine_sink: Any = sink
+    if s.input_format != "json" or s.output_format != "json":
+        from stream_lstm.drivers.formats import (
+            EventTranslator,
+            ForecastSerializer,
+            RegistryRetry,
+            SerializingSink,
+            registry_client,
+        )
+
+        client = registry_client(s.registry_conf())
+        registry_retry = RegistryRetry(
+            s.registry_outage_limit_s, stopping, url=s.registry_shown()["url"], client=client
+        )
+        if s.input_format != "json":
+            translate = EventTranslator(s.input_format, client, s.input_topic, registry_retry)
+        if s.output_format != "json":
+            serializer = ForecastSerializer(s.output_format, client, s.output_topic)
+            engine_sink = SerializingSink(sink, serializer, registry_retry)
     engine = Engine(
         forecaster,
         store,
-        sink,
+        engine_sink,
         metrics,
         EngineConfig(
             s.output_topic, s.dlq_topic, s.late_policy, s.scoring(), s.alerts_topic or None
@@ -249,11 +304,17 @@ def build_engine(
             max_key_bytes=s.max_key_bytes,
             max_future_ms=s.max_future_ms,
             missing=s.missing,
+            translate=translate,
         ),
         retry=retry,
     )
-    parts = EngineParts(device, store, sink, engine, retry=retry)
+    parts = EngineParts(
+        device, store, sink, engine, retry=retry, registry_retry=registry_retry,
+        serializer=serializer,
+    )  # fmt: skip
     retry.beat = parts.beat  # a loop waiting for Redis is alive, not hung
+    if registry_retry is not None:
+        registry_retry.beat = parts.beat
     return parts
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import repeat
@@ -172,6 +172,9 @@ class DecodedBatch:
     missing: np.ndarray | None = None
 
 
+Translate = Callable[[Sequence[bytes]], list[bytes | tuple[str, str]]]
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     features: tuple[str, ...]
@@ -184,6 +187,11 @@ class DecoderConfig:
     # a feature missing from `values` (or null): "dlq" dead-letters the event; "ffill" decodes
     # it as NaN and the engine carries the key's last value forward (Engine._fill_missing)
     missing: str = "dlq"
+    # an input format other than JSON (drivers/formats.py): turns a tick's values (each
+    # non-empty, within max_message_bytes) into JSON event bytes, or a (reason, detail) refusal
+    # that is dead-lettered with the original bytes; it may raise (an infrastructure error:
+    # nothing of the tick is dead-lettered). None: JSON, no per-message work added.
+    translate: Translate | None = field(default=None, compare=False)
 
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -223,6 +231,36 @@ class Decoder:
         """Never raises: a message whose decoding fails in an unforeseen way is dead-lettered
         alone (the tick is decoded again one message at a time to find it)."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
+        if self.cfg.translate is not None:
+            return self._translated(batch, now, self.cfg.translate)
+        return self._decode_safely(batch, now)
+
+    def _translated(self, batch: MessageBatch, now: int, translate: Translate) -> DecodedBatch:
+        """Another input format: translate the values that could be events (may raise: before
+        anything is decided for the tick), decode the JSON, refuse the rest with the reason
+        the translation gave; indices stay those of ``batch`` (its original bytes)."""
+        limit = self.cfg.max_message_bytes
+        values = list(batch.values)
+        todo = [i for i, v in enumerate(values) if v and len(v) <= limit]
+        refused: list[BadEvent] = []
+        for i, out in zip(todo, translate([values[i] for i in todo]), strict=True):  # type: ignore[misc]
+            if isinstance(out, tuple):
+                refused.append(BadEvent(i, out[0], out[1]))
+            else:
+                values[i] = out
+        if not refused:
+            return self._decode_safely(replace(batch, values=values), now)
+        keep = np.setdiff1d(np.arange(len(batch)), [b.index for b in refused])
+        sub = replace(batch, values=values).take(keep)
+        dec = self._decode_safely(sub, now)
+        dec.index = keep[dec.index]
+        dec.bad = sorted(
+            [replace(b, index=int(keep[b.index])) for b in dec.bad] + refused,
+            key=lambda b: b.index,
+        )
+        return dec
+
+    def _decode_safely(self, batch: MessageBatch, now: int) -> DecodedBatch:
         try:
             return self._decode(batch, now)
         except Exception:
