@@ -72,6 +72,22 @@ test-integration: $(STAMP) system-deps ## integration tests only (real Kafka + R
 bench: $(STAMP) system-deps ## the benchmark suite on a local stack it starts (~15 min); JSON in bench/results, see docs/benchmarks.md
 	$(SL) bench --out bench/results
 
+# The examples' own environment (docs/api.md#examples): the built wheel plus
+# requirements/examples.lock (quixstreams, bytewax), both with --no-deps; the same commands as
+# tests/integration/test_examples.py. Re-locking: see the header of requirements/examples.in.
+EXAMPLES_ENV ?= build/examples-env
+.PHONY: examples-env
+examples-env: $(STAMP) ## build the wheel (dist/) and the examples' environment (build/examples-env) from requirements/examples.lock
+	rm -f dist/stream_lstm-*.whl
+	$(UV) build --wheel -q -o dist
+	rm -rf $(EXAMPLES_ENV)
+	$(UV) venv -q $(EXAMPLES_ENV) --python $(PY)
+	$(UV) pip install -q --python $(EXAMPLES_ENV)/bin/python --no-deps -r requirements/examples.lock
+	$(UV) pip install -q --python $(EXAMPLES_ENV)/bin/python --no-deps dist/stream_lstm-*.whl
+	$(UV) pip check --python $(EXAMPLES_ENV)/bin/python
+	cd / && $(CURDIR)/$(EXAMPLES_ENV)/bin/stream-lstm --version
+	@echo "examples: $(EXAMPLES_ENV)/bin/python examples/kafka_forecaster.py --help (docs/api.md#examples)"
+
 .PHONY: demo
 demo: $(STAMP) ## run the demo on the local stack, then stop what it started
 	$(SL) demo

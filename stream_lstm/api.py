@@ -26,6 +26,7 @@ time, a malformed value.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time as _time
@@ -52,6 +53,7 @@ from stream_lstm.runtime.events import (
     DecoderConfig,
     InMessage,
     decode_forecast,
+    parse_ts,
 )
 from stream_lstm.runtime.query import latest_forecast
 from stream_lstm.stores.base import StateStore
@@ -300,7 +302,8 @@ class Model:
         late: str = "dlq",
         missing: str = "dlq",
         device: str = "cpu",
-        flush_interval_s: float = 1.0,
+        time_unit: TimeUnit = "ms",
+        flush_interval_s: float | None = None,
     ) -> OnlineForecaster:
         """A stateful forecaster that takes events one at a time or in batches (see
         :class:`OnlineForecaster`)."""
@@ -311,6 +314,7 @@ class Model:
             late=late,
             missing=missing,
             device=device,
+            time_unit=time_unit,
             flush_interval_s=flush_interval_s,
         )
 
@@ -349,7 +353,7 @@ class Rejected:
     """An event the worker would dead-letter, with the reason (``late``, ``missing_feature``,
     ``bad_value``, …) and its detail."""
 
-    key: str
+    key: str | None
     ts: Any
     reason: str
     detail: str
@@ -404,10 +408,24 @@ _ENCODER = msgspec.json.Encoder(enc_hook=_plain)
 Event = tuple[str, Any, Mapping[str, Any]] | Mapping[str, Any]
 
 
-def _ms(ts: Any) -> int | str:
-    """An event time as the decoder takes it: epoch ms, or an ISO string it parses itself."""
+def _non_finite(vals: Any) -> str | None:
+    """The first value of an event that is a non-finite float (JSON has no such number)."""
+    if isinstance(vals, Mapping):
+        for name, v in vals.items():
+            if isinstance(v, (float, np.floating)) and not math.isfinite(v):
+                return f"{name}={v}"
+    return None
+
+
+def _ms(ts: Any, unit: TimeUnit = "ms") -> int | str:
+    """An event time as the decoder takes it: epoch ms, or an ISO string it parses itself.
+    Numbers are in ``unit``."""
     if isinstance(ts, (bool, np.bool_)):
         return str(ts)  # refused by the decoder with its own reason
+    if isinstance(ts, (int, np.integer, float, np.floating)) and unit != "ms":
+        if not math.isfinite(ts):
+            return str(ts)
+        return round(float(ts) * _MS_PER[unit])
     if isinstance(ts, (int, np.integer)):
         return int(ts)
     if isinstance(ts, pd.Timestamp | datetime | date | np.datetime64):
@@ -426,11 +444,18 @@ class OnlineForecaster:
     Redis store, under ``namespace``: state survives restarts and is shared between
     processes), or any object that keeps the store contract (:mod:`stream_lstm.stores.base`).
 
-    Each :meth:`update_many` call is one engine tick; states are written to the store at most
-    every ``flush_interval_s`` seconds, on :meth:`flush` and on :meth:`close`. Per key, events
-    must come in time order: one at or before the key's last applied time is rejected as late
-    (``late="drop"``: dropped without a :class:`Rejected`). Across forecasters sharing a store,
-    a key's events are ordered by time.
+    Each :meth:`update_many` call is one engine tick. The forecaster keeps the states of the
+    keys it has seen in memory and writes the changed ones to the store on :meth:`flush` and
+    :meth:`close` (and, with ``flush_interval_s``, after a call once that many seconds have
+    passed since the last write). Consuming from Kafka, keep the worker's order: deliver the
+    forecasts, then :meth:`flush`, then commit the input offsets — a state written before its
+    forecasts are delivered makes the redelivered events after a crash late (rejected), so
+    their forecasts would be lost; a state written after the commit makes them applied twice.
+
+    Per key, events must come in time order: one at or before the key's last applied time is
+    rejected as ``late`` or ``duplicate`` (``late="drop"``: a late one is dropped, its result
+    ``None``). Across forecasters sharing a store, a key's events are ordered by time. Numeric
+    times are in ``time_unit`` (epoch milliseconds by default).
     """
 
     def __init__(
@@ -442,7 +467,8 @@ class OnlineForecaster:
         late: str = "dlq",
         missing: str = "dlq",
         device: str = "cpu",
-        flush_interval_s: float = 1.0,
+        time_unit: TimeUnit = "ms",
+        flush_interval_s: float | None = None,
     ) -> None:
         if not isinstance(model, Model):
             model = load(model, device)
@@ -452,6 +478,9 @@ class OnlineForecaster:
             )
         if missing not in ("dlq", "ffill"):
             raise ConfigError(f"missing must be 'dlq' or 'ffill', not {missing!r}")
+        if time_unit not in _MS_PER:
+            raise ConfigError(f"time_unit must be one of {sorted(_MS_PER)}, got {time_unit!r}")
+        self.time_unit = time_unit
         self.model = model
         self.fc = Forecaster(model.artifact, device)
         layout = layout_for(self.fc)
@@ -470,13 +499,15 @@ class OnlineForecaster:
         self._offset = 0
         self.flush_interval_s = flush_interval_s
         self._flushed = _time.monotonic()
+        self._last: dict[str, Forecast] = {}  # each key's latest forecast from this forecaster
 
     @staticmethod
     def _open(store: str | StateStore | None, namespace: str, layout: Any) -> StateStore:
         if store is None or store == "memory":
             return MemoryStore(layout)
         if isinstance(store, str):
-            if not store.startswith(("redis://", "rediss://", "unix://")):
+            schemes = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://")
+            if not store.startswith(schemes):
                 raise ConfigError(
                     f"store must be None, 'memory', a redis:// URL or a store object, not {store!r}"
                 )
@@ -485,8 +516,7 @@ class OnlineForecaster:
             rs = RedisStateStore(store, namespace, layout)
             rs.connect()
             return rs
-        if getattr(store, "version", layout.version) != layout.version:
-            store.use_layout(layout)
+        store.use_layout(layout)  # the contract: a store keeps the records of a layout it is given
         return store
 
     @property
@@ -500,8 +530,8 @@ class OnlineForecaster:
         if isinstance(res, Rejected):
             raise EventRejectedError(res)
         if res is None:
-            why = "a late event, dropped (late='drop')"
-            raise EventRejectedError(Rejected(key, ts, "dropped", why))
+            why = "older than the key's last applied event (dropped: late='drop')"
+            raise EventRejectedError(Rejected(key, ts, "late", why))
         return res
 
     def update_many(self, events: Iterable[Event]) -> list[Forecast | Rejected | None]:
@@ -509,20 +539,30 @@ class OnlineForecaster:
         its :class:`Forecast`, a :class:`Rejected`, or ``None`` for a late event dropped under
         ``late="drop"``.
 
-        An event is ``(key, ts, values)`` or a mapping ``{"key", "ts", "values"}``; a DataFrame
-        Times: epoch ms, datetimes or ISO strings. For a DataFrame, see :meth:`update_frame`.
+        An event is ``(key, ts, values)`` or a mapping ``{"key", "ts", "values"}``. Times:
+        epoch numbers (in ``time_unit``), datetimes or ISO strings. For a DataFrame, see
+        :meth:`update_frame`.
         """
-        evs = self._events(events)
+        return self._run(self._events(events), self.time_unit)
+
+    def _run(
+        self, evs: Sequence[tuple[Any, Any, Mapping[str, Any]]], unit: TimeUnit
+    ) -> list[Forecast | Rejected | None]:
         msgs, first = [], self._offset
         now = int(_time.time() * 1000)
         results: list[Forecast | Rejected | None] = [None] * len(evs)
         for i, (k, ts, vals) in enumerate(evs):
-            key = None if k is None else str(k)  # no key: refused by the decoder (null_key)
-            try:
-                body = _ENCODER.encode({"key": key, "ts": _ms(ts), "values": vals})
-            except (TypeError, ValueError, OverflowError) as e:
-                results[i] = Rejected(str(k), ts, "wrong_type", f"cannot encode the event: {e}")
-                body = b""  # refused by the decoder as empty; the Rejected above stands
+            key = None if k is None else str(k)  # no key: refused by the decoder
+            body = b""  # (an event refused here: the decoder refuses it as empty; ours stands)
+            inf = _non_finite(vals)
+            if inf:
+                results[i] = Rejected(key, ts, "non_finite_value", f"{inf} is not finite")
+            else:
+                try:
+                    body = _ENCODER.encode({"key": key, "ts": _ms(ts, unit), "values": vals})
+                except (TypeError, ValueError, OverflowError) as e:
+                    why = f"cannot encode the event: {e}"
+                    results[i] = Rejected(key, ts, "wrong_type", why)
             kb = None if key is None else key.encode()
             msgs.append(InMessage(kb, body, _IN, 0, first + i, now))
         self._offset += len(msgs)
@@ -531,17 +571,24 @@ class OnlineForecaster:
         for topic, _, value, headers in self._sink.take():
             if topic == _OUT and value is not None:
                 f = decode_forecast(value)
-                results[f.offset - first] = Forecast(
-                    f.key, f.ts, f.model, f.interval_ms, f.forecast, f.quantiles
-                )
+                fc = Forecast(f.key, f.ts, f.model, f.interval_ms, f.forecast, f.quantiles)
+                results[f.offset - first] = fc
+                prev = self._last.get(f.key)
+                if prev is None or prev.ts <= fc.ts:
+                    self._last[f.key] = fc
             elif topic == _DLQ:
                 h = {n: v.decode(errors="replace") for n, v in headers or []}
                 i = int(h.get("source", "//-1").rsplit("/", 1)[-1]) - first
                 if 0 <= i < len(evs) and results[i] is None:
+                    k = evs[i][0]
                     results[i] = Rejected(
-                        str(evs[i][0]), evs[i][1], h.get("reason", "?"), h.get("detail", "")
+                        None if k is None else str(k),
+                        evs[i][1],
+                        h.get("reason", "?"),
+                        h.get("detail", ""),
                     )
-        if _time.monotonic() - self._flushed >= self.flush_interval_s:
+        every = self.flush_interval_s
+        if every is not None and _time.monotonic() - self._flushed >= every:
             self.flush()
         return results
 
@@ -578,10 +625,11 @@ class OnlineForecaster:
                 raise DataError(f"key column {k!r} not found; the DataFrame has {list(frame)}")
             k = None
         rows = frame.reset_index(drop=True)
-        ms = pd.Series([_ms(v) for v in rows[t]], dtype=object)
+        ms = pd.Series([_ms(v, self.time_unit) for v in rows[t]], dtype=object)
+        when = [x if isinstance(x, int) else parse_ts(x) for x in ms]  # None: refused later
         order = (
             pd.DataFrame(
-                {"t": pd.to_numeric(ms, errors="coerce"), "k": rows[k].astype(str) if k else ""}
+                {"t": pd.array(when, dtype="Int64"), "k": rows[k].astype(str) if k else ""}
             )
             .sort_values(["t", "k"], kind="stable", na_position="first")
             .index.to_numpy()
@@ -598,7 +646,7 @@ class OnlineForecaster:
         ]
         done: list[Forecast | Rejected | None] = []
         for s in range(0, len(evs), batch):
-            done += self.update_many(evs[s : s + batch])
+            done += self._run(evs[s : s + batch], "ms")  # (times converted above)
         out: list[Forecast | Rejected | None] = [None] * len(done)
         for pos, res in zip(order.tolist(), done, strict=True):
             out[pos] = res
@@ -610,15 +658,19 @@ class OnlineForecaster:
         self._flushed = _time.monotonic()
 
     def latest(self, key: str) -> Forecast | None:
-        """The key's latest forecast, computed from its state in the store (after a
-        :meth:`flush`); None for a key the store has no state for."""
-        self.flush()
-        (record,) = self.store.load([key])
+        """The key's latest forecast: this forecaster's own for the key, or the one computed
+        from the key's state in the store (written by an earlier or another forecaster, or a
+        worker with the same model and namespace), whichever is of the later event; None
+        when neither has one. Writes nothing."""
+        peek = getattr(self.store, "peek", None)
+        (record,) = peek([key]) if callable(peek) else self.store.load([key])
         got = latest_forecast(self.fc, key, record)
+        mine = self._last.get(key)
         if got is None:
-            return None
+            return mine
         f = got.forecast
-        return Forecast(f.key, f.ts, f.model, f.interval_ms, f.forecast, f.quantiles)
+        stored = Forecast(f.key, f.ts, f.model, f.interval_ms, f.forecast, f.quantiles)
+        return mine if mine is not None and mine.ts >= stored.ts else stored
 
     def close(self) -> None:
         """Flush, and close the store's connections (a Redis store)."""

@@ -168,6 +168,10 @@ def test_event_by_event_restart_and_latest(lstm: sl.Model, frame: pd.DataFrame) 
         got.append(online.update(r.sensor, r.when, {"load": r.load, "temp": r.temp}))
     online.close()
     again = lstm.online(store=store)  # a restart: state from the store only
+    for f in {f.key: f for f in got}.values():  # before any event: computed from the store
+        before = again.latest(f.key)
+        assert before is not None and before.ts == f.ts
+        np.testing.assert_allclose(before.forecast["load"], f.forecast["load"], rtol=1e-5)
     for r in rows.iloc[half:].itertuples():
         got.append(again.update(r.sensor, r.when.isoformat(), {"load": r.load, "temp": r.temp}))
     ref = lstm.predict(frame).set_index(["sensor", "when", "h"])["value"]
@@ -233,6 +237,8 @@ def test_rejected_events_carry_the_workers_reason(lstm: sl.Model) -> None:
     dropping.update("a", t0, {"load": 1.0, "temp": 1.0})
     earlier = t0 - pd.Timedelta(hours=1)
     assert dropping.update_many([("a", earlier, {"load": 1.0, "temp": 1.0})]) == [None]
+    inf = online.update_many([("f", t1, {"load": float("inf"), "temp": 1.0})])
+    assert inf[0].reason == "non_finite_value"  # type: ignore[union-attr]
     with pytest.raises(sl.ConfigError, match="late must be"):
         lstm.online(late="keep")
     with pytest.raises(sl.ConfigError, match="store must be"):
@@ -249,3 +255,21 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == sl.__version__
+
+
+def test_online_time_units_and_string_times(lstm: sl.Model, frame: pd.DataFrame) -> None:
+    """Epoch seconds with time_unit="s", and ISO strings in a frame, give predict's forecasts
+    (update_frame orders the rows by their parsed times)."""
+    ref = lstm.online().update_frame(frame)
+    secs = frame.assign(when=(frame["when"] - EPOCH) // pd.Timedelta(1, "s"))
+    by_s = lstm.online(time_unit="s").update_frame(secs)
+    iso = frame.assign(when=frame["when"].dt.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+    by_iso = lstm.online().update_frame(iso)
+    for a, b, c in zip(ref, by_s, by_iso, strict=True):
+        assert isinstance(a, sl.Forecast) and isinstance(b, sl.Forecast)
+        assert isinstance(c, sl.Forecast)
+        assert a.ts == b.ts == c.ts
+        np.testing.assert_array_equal(a.forecast["load"], b.forecast["load"])
+        np.testing.assert_array_equal(a.forecast["load"], c.forecast["load"])
+    one = lstm.online(time_unit="s").update("z", 1_709_251_200, {"load": 1.0, "temp": 2.0})
+    assert one.time == pd.Timestamp("2024-03-01T00:00:00Z")
