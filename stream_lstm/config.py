@@ -231,14 +231,19 @@ class StackSettings(Settings):
     # their cluster buses on BASE+10000..BASE+10005 (so BASE <= 55530).
     redis_cluster: bool = False
     redis_cluster_port: Annotated[int, Field(ge=1, le=55530)] = 7000
+    # A local Schema Registry (Apicurio Registry, Confluent-compatible API, in memory)
+    schema_registry: bool = False
+    schema_registry_port: Port = 8081
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Self:
         ports = [self.kafka_port, self.controller_port, self.redis_port]
+        names = "--kafka-port, --controller-port and --redis-port"
+        if self.schema_registry:
+            ports.append(self.schema_registry_port)
+            names = "--kafka-port, --controller-port, --redis-port and --schema-registry-port"
         if len(set(ports)) != len(ports):
-            raise ValueError(
-                f"--kafka-port, --controller-port and --redis-port must differ (got {ports})"
-            )
+            raise ValueError(f"{names} must differ (got {ports})")
         return self
 
     @property

@@ -40,6 +40,21 @@ def add_stack_flags(p: argparse.ArgumentParser, *, redis_cluster: bool = False) 
             help="with --redis-cluster: nodes on BASE..BASE+5 (created masters BASE..BASE+2), "
             "cluster buses on BASE+10000..BASE+10005 (default 7000)",
         )
+        g.add_argument(
+            "--schema-registry",
+            action="store_true",
+            default=None,
+            help="also a local Schema Registry (Apicurio Registry 3.0.9 from Maven Central, "
+            "fetched once; schemas kept in memory, lost when it stops) for --input-format / "
+            "--output-format avro|protobuf|json-schema; its URL for --schema-registry-url is "
+            "http://HOST:PORT/apis/ccompat/v7 (`status` and `down` find it without this flag)",
+        )
+        g.add_argument(
+            "--schema-registry-port",
+            type=int,
+            metavar="PORT",
+            help="with --schema-registry: its HTTP port (default 8081)",
+        )
 
 
 def stack_from_args(args: argparse.Namespace) -> Stack:
@@ -55,6 +70,8 @@ def stack_from_args(args: argparse.Namespace) -> Stack:
         kafka_heap=args.kafka_heap,
         redis_cluster=getattr(args, "redis_cluster", None),
         redis_cluster_port=getattr(args, "redis_cluster_port", None),
+        schema_registry=getattr(args, "schema_registry", None),
+        schema_registry_port=getattr(args, "schema_registry_port", None),
     )
     return Stack(
         s.dir,
@@ -65,6 +82,7 @@ def stack_from_args(args: argparse.Namespace) -> Stack:
         redis_port=s.redis_port,
         kafka_heap=s.kafka_heap,
         redis_cluster_port=s.redis_cluster_port if s.redis_cluster else None,
+        registry_port=s.schema_registry_port if s.schema_registry else None,
     )
 
 
@@ -86,7 +104,7 @@ def print_status(
 # what `stack status --json` prints; the shape is in STATUS_JSON_SHAPE
 STATUS_JSON_SHAPE = (
     "--json: one JSON document: {root (run directory), ready (every part ready), parts: [{name "
-    "(kafka, redis, redis-cluster), part (the table's text), address, state, ready, pid, "
+    "(kafka, redis, redis-cluster, schema-registry), part (the table's text), address, state, ready, pid, "
     "rss_bytes, role, slots, master_of, cluster_ok}]}; pid and rss_bytes are null for a part "
     "not running (or not ours); role (master, replica, down, fail), slots, master_of and "
     "cluster_ok are set for Redis Cluster nodes only (null otherwise). The exit code is the "

@@ -14,6 +14,7 @@ from stream_lstm.stack import procs
 from stream_lstm.stack.kafka import KafkaBroker, KafkaSpec, kafka_version
 from stream_lstm.stack.redis import RedisServer, RedisSpec
 from stream_lstm.stack.redis_cluster import ClusterSpec, NodeStatus, RedisCluster
+from stream_lstm.stack.registry import RegistrySpec, SchemaRegistry
 
 __all__ = [
     "ClusterSpec",
@@ -79,6 +80,7 @@ class Stack:
         kafka_heap: str = "512m",
         redis_password: str | None = None,
         redis_cluster_port: int | None = None,
+        registry_port: int | None = None,
     ) -> None:
         self.root = root
         self.kafka = KafkaBroker(
@@ -105,6 +107,12 @@ class Stack:
             recorded = RedisCluster.recorded(cluster_dir, redis_password)
             if recorded is not None and recorded.pid() is not None:
                 self.cluster = recorded
+        reg_dir = root / "schema-registry"
+        self.registry: SchemaRegistry | None = (
+            SchemaRegistry(RegistrySpec(reg_dir, cache_dir, host=host, port=registry_port))
+            if registry_port is not None
+            else SchemaRegistry.recorded(reg_dir, cache_dir, host)
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -133,11 +141,21 @@ class Stack:
             else:
                 seconds = c.start(fresh=c.pid() is None)
                 results.append(UpResult(c.name, c.spec.url, c.pid(), True, seconds))
+        if self.registry is not None:
+            r = self.registry
+            if r.pid() is not None:
+                results.append(UpResult(r.name, r.url, r.pid(), started=False, seconds=0.0))
+            else:
+                seconds = r.start()
+                results.append(UpResult(r.name, r.url, r.pid(), True, seconds))
         return results
 
     def down(self, grace_s: float = 30.0) -> list[tuple[str, bool]]:
         """Stop everything by PID; returns (name, was_running) pairs."""
-        parts: list[KafkaBroker | RedisCluster | RedisServer] = [self.kafka]
+        parts: list[KafkaBroker | RedisCluster | RedisServer | SchemaRegistry] = []
+        if self.registry is not None:
+            parts.append(self.registry)
+        parts.append(self.kafka)
         if self.cluster is not None:
             parts.append(self.cluster)
         parts.append(self.redis)
@@ -176,6 +194,18 @@ class Stack:
                 )
                 for n in self.cluster.nodes()
             ]
+        if self.registry is not None:
+            pid = self.registry.pid()
+            out.append(
+                ComponentStatus(
+                    name=self.registry.name,
+                    address=self.registry.url,
+                    pid=pid,
+                    rss_bytes=procs.rss_bytes(pid) if pid else None,
+                    ready=self.registry.ready(),
+                    detail=f"schema registry (Apicurio {self.registry.spec.version}, in memory)",
+                )
+            )
         return out
 
 

@@ -114,6 +114,17 @@ class SchemaRegistry:
     def pid(self) -> int | None:
         return procs.read_pid(self.spec.pid_file)
 
+    @classmethod
+    def recorded(cls, run_dir: Path, cache_dir: Path, host: str) -> SchemaRegistry | None:
+        """The registry an earlier start left running in ``run_dir`` (its port is recorded in
+        ``run_dir/port``), else None."""
+        try:
+            port = int((run_dir / "port").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        reg = cls(RegistrySpec(run_dir=run_dir, cache_dir=cache_dir, host=host, port=port))
+        return reg if reg.pid() is not None else None
+
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.spec.url}/subjects", timeout=2) as r:
@@ -129,6 +140,7 @@ class SchemaRegistry:
         procs.require_free_port(s.host, s.port, "Schema Registry", "--registry-port")
         jar = ensure_registry(s.cache_dir, s.version)
         s.run_dir.mkdir(parents=True, exist_ok=True)
+        (s.run_dir / "port").write_text(f"{s.port}\n")
         fingerprint = f"-Dstream_lstm.run_dir={s.run_dir}"
         proc = procs.spawn(
             [

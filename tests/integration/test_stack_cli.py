@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,39 @@ def test_up_is_idempotent_status_reports_and_down_stops(
     assert all(p["state"] == "stopped" and p["pid"] is None for p in doc["parts"])
     assert main(["stack", "down", *flags]) == 0
     assert "was not running" in capsys.readouterr().out
+
+
+def test_schema_registry_part_of_the_stack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stack up --schema-registry` starts a local Apicurio Registry next to Kafka and Redis;
+    `status` and `down` find it without the flag; its URL serves the Confluent API."""
+    ports = [procs.free_port() for _ in range(4)]
+    flags = [
+        "--dir", str(tmp_path / "stack"),
+        "--kafka-port", str(ports[0]),
+        "--controller-port", str(ports[1]),
+        "--redis-port", str(ports[2]),
+        "--kafka-heap", "256m",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{ports[3]}/apis/ccompat/v7"
+    pid = None
+    try:
+        up = ["stack", "up", *flags, "--schema-registry", "--schema-registry-port", str(ports[3])]
+        assert main(up) == 0
+        out = capsys.readouterr().out
+        assert re.search(rf"schema-registry: started at {re.escape(url)} \(pid \d+\)", out)
+        assert main(["stack", "status", "--json", *flags]) == 0  # found without the flag
+        parts = {p["name"]: p for p in json.loads(capsys.readouterr().out)["parts"]}
+        reg = parts["schema-registry"]
+        assert reg["address"] == url and reg["state"] == "ready"
+        pid = reg["pid"]
+        with urllib.request.urlopen(f"{url}/subjects", timeout=10) as r:
+            assert json.loads(r.read()) == []
+    finally:
+        assert main(["stack", "down", *flags]) == 0
+    assert "schema-registry: stopped" in capsys.readouterr().out
+    assert pid is not None and not procs.is_alive(pid)
 
 
 def test_busy_port_fails_with_a_clear_message(
