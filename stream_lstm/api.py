@@ -26,6 +26,7 @@ time, a malformed value.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -40,11 +41,12 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 import pandas as pd
+import pydantic
 
 from stream_lstm.data.anomalies import RepairRule
 from stream_lstm.data.loading import SeriesSpec, load_frame, read_table
 from stream_lstm.data.splits import SplitPoints
-from stream_lstm.errors import ConfigError, DataError
+from stream_lstm.errors import ConfigError, DataError, StateError
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import Artifact, check_output_dir, load_artifact
 from stream_lstm.model.runtime import Forecaster
@@ -62,6 +64,7 @@ from stream_lstm.training.evaluate import evaluate as _evaluate
 from stream_lstm.training.predict import predict_frame
 from stream_lstm.training.train import TrainOptions, train
 
+log = logging.getLogger(__name__)
 TimeUnit = Literal["ms", "s", "us", "ns"]
 _MS_PER = {"ms": 1.0, "s": 1000.0, "us": 1e-3, "ns": 1e-6}
 Data = pd.DataFrame | str | Path
@@ -93,11 +96,23 @@ def _with_ms(frame: pd.DataFrame, time: str, unit: TimeUnit) -> pd.DataFrame:
     if time not in frame.columns:
         raise DataError(f"time column {time!r} not found; the DataFrame has {list(frame.columns)}")
     col = frame[time]
-    if unit == "ms" or not pd.api.types.is_numeric_dtype(col):
+    numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+    if unit == "ms" and numeric and len(col) and float(np.nanmax(np.abs(col))) < 1e11:
+        log.warning(
+            "time column %r: the largest value %s as epoch milliseconds is before 1973-03-04; "
+            "if the times are epoch seconds, pass time_unit='s'",
+            time, np.nanmax(np.abs(col)),
+        )  # fmt: skip
+    if unit == "ms" or not numeric:
         return frame
     out = frame.copy()
     out[time] = np.round(col.to_numpy(dtype=np.float64) * _MS_PER[unit]).astype(np.int64)
     return out
+
+
+def _check_missing(missing: str) -> None:
+    if missing not in ("dlq", "ffill"):
+        raise ConfigError(f"missing must be 'dlq' or 'ffill', not {missing!r}")
 
 
 def _options(options: Mapping[str, Any], progress: bool) -> TrainOptions:
@@ -160,7 +175,11 @@ def fit(
     tmp = None if out is not None else tempfile.TemporaryDirectory(prefix="stream-lstm-model-")
     directory = Path(out) if out is not None else Path(tmp.name if tmp else ".")
     check_output_dir(directory)
-    artifact, _ = train(frame, spec, opts, directory)
+    try:
+        artifact, _ = train(frame, spec, opts, directory)
+    except pydantic.ValidationError as e:  # the model's settings (ModelConfig) refused
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"invalid training options: {problems}") from None
     model = Model(artifact)
     model._tmp = tmp
     return model
@@ -168,6 +187,8 @@ def fit(
 
 def load(path: str | Path, device: str = "cpu") -> Model:
     """A model artifact (from :func:`fit`, :meth:`Model.save` or ``stream-lstm train``)."""
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"load takes the artifact directory's path, not {type(path).__name__}")
     return Model(load_artifact(Path(path), device))
 
 
@@ -249,6 +270,7 @@ class Model:
         ``quantile``), in original units. Times are UTC datetimes. ``time``/``key`` default to
         the columns the model was trained with. ``missing="ffill"`` carries a missing feature
         forward (``worker --missing ffill``); by default a row with one gets no forecast."""
+        _check_missing(missing)
         frame, t, k = self._frame(data, time, key, time_unit, need_targets=False)
         out = predict_frame(self.forecaster, frame, missing)
         names = {"ts": t} | ({"key": k} if k else {})
@@ -269,6 +291,7 @@ class Model:
         """Scores on ``split`` (``train``, ``val``, ``test`` by the training cut dates, or
         ``all``) for the model and the baselines (linear, seasonal naive, persistence), per
         target and overall, original and standardised: what ``stream-lstm evaluate`` writes."""
+        _check_missing(missing)
         frame, _, _ = self._frame(data, time, key, time_unit, need_targets=True)
         points = None
         if split != "all":
@@ -395,6 +418,7 @@ class _Sink:
 
 
 _OUT, _DLQ, _IN = "forecasts", "rejected", "events"
+_MALFORMED = object()  # the key of an event that is neither a 3-tuple nor a mapping
 
 
 def _plain(obj: Any) -> Any:
@@ -409,10 +433,11 @@ Event = tuple[str, Any, Mapping[str, Any]] | Mapping[str, Any]
 
 
 def _non_finite(vals: Any) -> str | None:
-    """The first value of an event that is a non-finite float (JSON has no such number)."""
+    """The first value of an event that is ±inf (JSON has no such number; NaN is encoded as
+    null: a missing value, as the worker reads it)."""
     if isinstance(vals, Mapping):
         for name, v in vals.items():
-            if isinstance(v, (float, np.floating)) and not math.isfinite(v):
+            if isinstance(v, (float, np.floating)) and math.isinf(v):  # (NaN: missing)
                 return f"{name}={v}"
     return None
 
@@ -476,8 +501,7 @@ class OnlineForecaster:
             raise ConfigError(
                 f"late must be 'dlq' (rejected with a reason) or 'drop', not {late!r}"
             )
-        if missing not in ("dlq", "ffill"):
-            raise ConfigError(f"missing must be 'dlq' or 'ffill', not {missing!r}")
+        _check_missing(missing)
         if time_unit not in _MS_PER:
             raise ConfigError(f"time_unit must be one of {sorted(_MS_PER)}, got {time_unit!r}")
         self.time_unit = time_unit
@@ -497,6 +521,8 @@ class OnlineForecaster:
         # this forecaster's own "topic": a stored key written by another one is ordered by time
         self.engine.set_topic_id(uuid.uuid4().bytes)
         self._offset = 0
+        self._closed = False
+        self._broken: str | None = None  # why this forecaster may not be used any more
         self.flush_interval_s = flush_interval_s
         self._flushed = _time.monotonic()
         self._last: dict[str, Forecast] = {}  # each key's latest forecast from this forecaster
@@ -543,19 +569,26 @@ class OnlineForecaster:
         epoch numbers (in ``time_unit``), datetimes or ISO strings. For a DataFrame, see
         :meth:`update_frame`.
         """
+        self._check_usable()
         return self._run(self._events(events), self.time_unit)
 
     def _run(
-        self, evs: Sequence[tuple[Any, Any, Mapping[str, Any]]], unit: TimeUnit
+        self, evs: Sequence[tuple[Any, Any, Any]], unit: TimeUnit
     ) -> list[Forecast | Rejected | None]:
         msgs, first = [], self._offset
         now = int(_time.time() * 1000)
         results: list[Forecast | Rejected | None] = [None] * len(evs)
         for i, (k, ts, vals) in enumerate(evs):
-            key = None if k is None else str(k)  # no key: refused by the decoder
+            key = k if isinstance(k, str) else None
             body = b""  # (an event refused here: the decoder refuses it as empty; ours stands)
             inf = _non_finite(vals)
-            if inf:
+            if k is _MALFORMED:
+                why = f"an event is (key, ts, values) or a mapping with key, ts, values: {vals}"
+                results[i] = Rejected(None, None, "wrong_type", why)
+            elif not isinstance(k, str):
+                why = f"the key must be a string, not {type(k).__name__} ({k!r})"
+                results[i] = Rejected(None, ts, "bad_key" if k is not None else "null_key", why)
+            elif inf:
                 results[i] = Rejected(key, ts, "non_finite_value", f"{inf} is not finite")
             else:
                 try:
@@ -567,7 +600,12 @@ class OnlineForecaster:
             msgs.append(InMessage(kb, body, _IN, 0, first + i, now))
         self._offset += len(msgs)
         if msgs:
-            self.engine.process(msgs)
+            try:
+                self.engine.process(msgs)
+            except Exception as e:  # the store failed mid-tick: states may be half applied
+                self._sink.take()
+                self._fail(e)
+                raise
         for topic, _, value, headers in self._sink.take():
             if topic == _OUT and value is not None:
                 f = decode_forecast(value)
@@ -593,16 +631,21 @@ class OnlineForecaster:
         return results
 
     @staticmethod
-    def _events(events: Iterable[Event]) -> list[tuple[Any, Any, Mapping[str, Any]]]:
-        if isinstance(events, pd.DataFrame):
-            raise TypeError("update_many takes events; use update_frame for a DataFrame")
-        out: list[tuple[Any, Any, Mapping[str, Any]]] = []
+    def _events(events: Iterable[Any]) -> list[tuple[Any, Any, Any]]:
+        """Events as (key, ts, values); a malformed one as (_MALFORMED, None, its repr)."""
+        if isinstance(events, (pd.DataFrame, str, bytes, Mapping)):
+            raise TypeError(
+                "update_many takes a list of events ((key, ts, values) or {'key', 'ts', "
+                "'values'}); use update for one event and update_frame for a DataFrame"
+            )
+        out: list[tuple[Any, Any, Any]] = []
         for e in events:
             if isinstance(e, Mapping):
-                out.append((e.get("key"), e.get("ts"), e.get("values") or {}))
+                out.append((e.get("key"), e.get("ts"), e.get("values")))
+            elif isinstance(e, (tuple, list)) and len(e) == 3:
+                out.append((e[0], e[1], e[2]))
             else:
-                k, ts, vals = e
-                out.append((k, ts, vals))
+                out.append((_MALFORMED, None, repr(e)[:200]))
         return out
 
     def update_frame(
@@ -617,6 +660,7 @@ class OnlineForecaster:
         in ticks of ``batch`` rows; one result per row of ``frame``, in its row order. Columns:
         the model's time and key columns (or ``time=``, ``key=``; no key column: one series)
         and its features (targets that are not features are passed on too)."""
+        self._check_usable()
         t, k = self.model._columns(time, key)
         if t not in frame.columns:
             raise DataError(f"time column {t!r} not found; the DataFrame has {list(frame)}")
@@ -654,14 +698,35 @@ class OnlineForecaster:
 
     def flush(self) -> None:
         """Write every changed state to the store (one commit cycle)."""
-        self.engine.commit_cycle(lambda offsets: None, wait=True)
+        self._check_usable()
+        try:
+            self.engine.commit_cycle(lambda offsets: None, wait=True)
+        except Exception as e:
+            self._fail(e)
+            raise
         self._flushed = _time.monotonic()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ConfigError("this OnlineForecaster is closed: make a new one")
+        if self._broken is not None:
+            raise StateError(
+                f"this OnlineForecaster failed earlier ({self._broken}); its states in memory may "
+                "be ahead of the forecasts it returned: make a new one (it continues from the "
+                "store's last flush) and send again the events since your last flush()"
+            )
+
+    def _fail(self, e: Exception) -> None:
+        self._broken = f"{type(e).__name__}: {e}"
 
     def latest(self, key: str) -> Forecast | None:
         """The key's latest forecast: this forecaster's own for the key, or the one computed
         from the key's state in the store (written by an earlier or another forecaster, or a
         worker with the same model and namespace), whichever is of the later event; None
         when neither has one. Writes nothing."""
+        self._check_usable()
+        if not isinstance(key, str):
+            raise ConfigError(f"keys are strings, not {type(key).__name__} ({key!r})")
         peek = getattr(self.store, "peek", None)
         (record,) = peek([key]) if callable(peek) else self.store.load([key])
         got = latest_forecast(self.fc, key, record)
@@ -673,11 +738,18 @@ class OnlineForecaster:
         return mine if mine is not None and mine.ts >= stored.ts else stored
 
     def close(self) -> None:
-        """Flush, and close the store's connections (a Redis store)."""
-        self.flush()
-        close = getattr(self.store, "close", None)
-        if callable(close):
-            close()
+        """Flush, and close the store's connections (a Redis store). A closed forecaster takes
+        no more events; closing again does nothing."""
+        if self._closed:
+            return
+        try:
+            if self._broken is None:
+                self.flush()
+        finally:
+            self._closed = True
+            close = getattr(self.store, "close", None)
+            if callable(close):
+                close()
 
     def __enter__(self) -> OnlineForecaster:
         return self

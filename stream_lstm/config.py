@@ -465,6 +465,22 @@ class TopicSettings(KafkaSettings):
     output_topic: NonEmpty = opt("forecasts", "topic for forecasts (must exist)")
 
 
+# SchemaRegistryClient settings that take numbers (flags and variables give strings)
+_REGISTRY_NUMBERS = {
+    "timeout", "max.retries", "retries.wait.ms", "retries.max.wait.ms", "cache.capacity",
+    "cache.latest.ttl.sec",
+}  # fmt: skip
+
+
+def _number(v: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            continue
+    return v  # the client says what is wrong with it
+
+
 class WorkerSettings(TopicSettings):
     """`stream-lstm worker`: flags, STREAM_LSTM_* variables, or a [worker] TOML table."""
 
@@ -779,10 +795,13 @@ class WorkerSettings(TopicSettings):
                 )
         return self
 
-    def registry_conf(self) -> dict[str, str]:
+    def registry_conf(self) -> dict[str, Any]:
         """confluent-kafka's SchemaRegistryClient configuration (holds secrets: never log it;
         :meth:`registry_shown` is the loggable form)."""
-        conf = {**self.schema_registry_options}
+        conf: dict[str, Any] = {"timeout": 10}  # seconds per request (the client's default:
+        # none, so a registry that accepts connections but does not answer hangs the worker)
+        for k, v in self.schema_registry_options.items():
+            conf[k] = _number(v) if k in _REGISTRY_NUMBERS else v
         if self.schema_registry_url is not None:
             conf["url"] = self.schema_registry_url.get_secret_value()
         if self.schema_registry_auth is not None:

@@ -198,6 +198,11 @@ class WorkerMetrics:
             "Redis operations retried after a failure",
             registry=r,
         )
+        self.registry_retries = Counter(
+            "stream_lstm_schema_registry_retries_total",
+            "Schema Registry calls retried because the registry could not be reached",
+            registry=r,
+        )
         self.model = Info("stream_lstm_model", "The model artifact in use", registry=r)
         self.model_switches = Counter(
             "stream_lstm_model_switches_total", "Model versions switched to at run time", registry=r

@@ -104,7 +104,8 @@ def print_status(
 # what `stack status --json` prints; the shape is in STATUS_JSON_SHAPE
 STATUS_JSON_SHAPE = (
     "--json: one JSON document: {root (run directory), ready (every part ready), parts: [{name "
-    "(kafka, redis, redis-cluster, schema-registry), part (the table's text), address, state, ready, pid, "
+    "(kafka, redis, redis-cluster, schema-registry), part (the table's text), address, state, "
+    "ready, pid, "
     "rss_bytes, role, slots, master_of, cluster_ok}]}; pid and rss_bytes are null for a part "
     "not running (or not ours); role (master, replica, down, fail), slots, master_of and "
     "cluster_ok are set for Redis Cluster nodes only (null otherwise). The exit code is the "

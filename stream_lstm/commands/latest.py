@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "stream), computed from the state in Redis with --model: the same numbers as the "
             "output topic's message. Read-only: nothing in Redis changes. A key whose state was "
             "written by another model version is replayed from its stored window (marked "
-            "'rebuilt'). The running worker answers the same query over HTTP: "
+            "'rebuilt', with the version that wrote it: right only when both models have the same "
+            "features). The running worker answers the same query over HTTP: "
             "GET http://<metrics-addr>:<metrics-port>/latest?key=K. Exit code 0 when every key "
             "has state, 1 when one has none (or Redis cannot be read), 2 for bad flags."
         ),
@@ -34,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help='one JSON document on stdout: {"forecasts": [<forecast message> + rebuilt, events], '
-        '"missing": [keys]}',
+        help='one JSON document on stdout: {"forecasts": [<forecast message> + rebuilt, events, '
+        'state_version], "missing": [keys]}',
     )
     p.set_defaults(run=run)
 
@@ -78,6 +79,16 @@ def run(args: argparse.Namespace) -> int:
             t.add_row(f["key"], when + note, str(f["events"]), target, shown)
     if out["forecasts"]:
         console.print(t)
+    for f in out["forecasts"]:
+        if f["rebuilt"]:
+            console.print(
+                f"[yellow]{f['key']}: its state was written by model {f['state_version']}; "
+                f"replayed under {fc.version} (right only if both models have the same features, "
+                "in the same order)[/yellow]"
+            )
     for key in out["missing"]:
-        console.print(f"[yellow]{key}: no state under model {fc.version} in {namespace}[/yellow]")
+        console.print(
+            f"[yellow]{key}: no state under model {fc.version} (or the one before it) in "
+            f"{namespace}, or a state with another number of features[/yellow]"
+        )
     return 1 if out["missing"] else 0

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "up",
             "start Kafka and Redis (idempotent: says so if already running); a broker that is "
             "not running starts on a FRESH data directory (topics and offsets gone: "
-            "docs/local-stack.md)",
+            "docs/local-stack.md); a Redis that is not running restarts on its append-only "
+            "file (its keys come back)",
             _up,
         ),
         ("down", "stop everything by PID (SIGTERM, then SIGKILL after a grace period)", _down),

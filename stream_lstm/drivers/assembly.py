@@ -281,7 +281,11 @@ def build_engine(
 
         client = registry_client(s.registry_conf())
         registry_retry = RegistryRetry(
-            s.registry_outage_limit_s, stopping, url=s.registry_shown()["url"], client=client
+            s.registry_outage_limit_s,
+            stopping,
+            on_retry=metrics.registry_retries.inc,
+            url=s.registry_shown()["url"],
+            client=client,
         )
         if s.input_format != "json":
             translate = EventTranslator(s.input_format, client, s.input_topic, registry_retry)

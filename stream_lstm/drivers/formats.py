@@ -314,7 +314,7 @@ def schema_files() -> dict[str, str]:
 # -- the registry client ----------------------------------------------------------------------
 def registry_conf(url: str, auth: str | None, options: Mapping[str, str] | None) -> dict[str, Any]:
     """confluent-kafka's SchemaRegistryClient configuration."""
-    conf: dict[str, Any] = {"url": url, **(options or {})}
+    conf: dict[str, Any] = {"url": url, "timeout": 10, **(options or {})}  # (see config.py)
     if auth:
         conf["basic.auth.user.info"] = auth
         conf.setdefault("basic.auth.credentials.source", "USER_INFO")

@@ -44,6 +44,7 @@ def latest_json(fc: Any, keys: list[str], records: list[bytes | None]) -> dict[s
         msg = msgspec.to_builtins(got.forecast)
         msg["rebuilt"] = got.rebuilt
         msg["events"] = got.events
+        msg["state_version"] = got.state_version
         found.append(msg)
     return {"forecasts": found, "missing": missing}
 

@@ -207,25 +207,30 @@ class Decoder:
     def __init__(self, cfg: DecoderConfig) -> None:
         self.cfg = cfg
         extra = [x for x in dict.fromkeys(cfg.allowed_extra) if x not in cfg.features]
+        # the struct's fields are f_0.. (features) and x_0.. (extra), renamed to the column
+        # names in the JSON: a column name need not be a Python identifier ("load kW")
+        fields = [f"f_{i}" for i in range(len(cfg.features))]
+        extra_fields = [f"x_{i}" for i in range(len(extra))]
         feature_fields: list[Any] = (
-            [(f, float | None, None) for f in cfg.features]
+            [(f, float | None, None) for f in fields]
             if cfg.missing == "ffill"
-            else [(f, float) for f in cfg.features]
+            else [(f, float) for f in fields]
         )
         values_type = msgspec.defstruct(
             "Values",
-            feature_fields + [(x, float | None, None) for x in extra],
+            feature_fields + [(x, float | None, None) for x in extra_fields],
             forbid_unknown_fields=not cfg.allow_unknown,
+            rename=dict(zip(fields + extra_fields, [*cfg.features, *extra], strict=True)),
             gc=False,  # thousands per tick, never in a cycle: keep them out of the cyclic GC
         )
         event_type = msgspec.defstruct(
             "Event", [("key", str), ("ts", int | str), ("values", values_type)], gc=False
         )
         self._one = msgspec.json.Decoder(event_type)
-        self._features = attrgetter(*cfg.features) if len(cfg.features) > 1 else None
+        self._features = attrgetter(*fields) if len(fields) > 1 else None
         self._n_features = len(cfg.features)
         self.extra_names = tuple(extra)
-        self._extra = attrgetter(*extra) if len(extra) > 1 else None
+        self._extra = attrgetter(*extra_fields) if len(extra_fields) > 1 else None
 
     def decode_batch(self, batch: MessageBatch, now_ms: int | None = None) -> DecodedBatch:
         """Never raises: a message whose decoding fails in an unforeseen way is dead-lettered
@@ -305,11 +310,7 @@ class Decoder:
         keys = [e.key for e in events]
         values_of = [e.values for e in events]
         get = self._features
-        rows = (
-            list(map(get, values_of))
-            if get
-            else [(getattr(v, cfg.features[0]),) for v in values_of]
-        )
+        rows = list(map(get, values_of)) if get else [(v.f_0,) for v in values_of]
         # (with missing="ffill" a feature not sent is None: numpy makes it NaN)
         values = np.asarray(rows, dtype=np.float64).reshape(n, self._n_features)
         raw_ts = [e.ts for e in events]
@@ -381,11 +382,7 @@ class Decoder:
         extra = None
         if self.extra_names:
             get_x = self._extra
-            x_rows = (
-                list(map(get_x, values_of))
-                if get_x
-                else [(getattr(v, self.extra_names[0]),) for v in values_of]
-            )
+            x_rows = list(map(get_x, values_of)) if get_x else [(v.x_0,) for v in values_of]
             extra = np.asarray(x_rows, dtype=np.float64).reshape(n, len(self.extra_names))
             refuse(
                 np.asarray((np.abs(extra) > F32_MAX).any(axis=1)),

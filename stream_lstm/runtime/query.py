@@ -13,7 +13,9 @@ it again, as the ``Engine`` did:
 - a record of another model version (the worker has not seen this key since a switch): the
   stored window replayed from the initial state, what the worker does at the key's next event
   (``rebuilt`` is True: this forecast was not published, it is the one the current model
-  gives from the stored events).
+  gives from the stored events). A record holds its features' values, not their names: as for
+  the worker, the other version must have the same features (a hot switch checks it; a query
+  cannot, and says which version wrote the state).
 
 The answer is the state as of the last commit cycle the worker completed (about a second
 behind the stream), in the output topic's message format (:class:`ForecastOut`).
@@ -38,6 +40,7 @@ class Latest:
     forecast: ForecastOut
     rebuilt: bool  # computed by replaying the stored window (the record is another version's)
     events: int  # events the key has applied (the record's count)
+    state_version: str  # the model version that wrote the record (its first 12 characters)
 
 
 def _tag(version: str) -> str:
@@ -80,4 +83,4 @@ def latest_forecast(fc: Forecaster, key: str, record: bytes | None) -> Latest | 
         list(cfg.quantiles),
     )
     (msg,) = enc.encode([key], [int(d.last_ts)], point, quant, [d.partition], [d.last_offset])
-    return Latest(decode_forecast(msg), rebuilt=not same, events=d.count)
+    return Latest(decode_forecast(msg), rebuilt=not same, events=d.count, state_version=d.version)

@@ -132,7 +132,9 @@ class Stack:
                 results.append(UpResult(comp.name, address, pid, started=False, seconds=0.0))
                 continue
             t0 = time.monotonic()
-            comp.start(fresh=True)
+            # a broker starts on a fresh log (its topics and offsets gone); Redis restarts on
+            # its append-only file, so the states it had come back
+            comp.start(fresh=comp is not self.redis)
             results.append(UpResult(comp.name, address, comp.pid(), True, time.monotonic() - t0))
         if self.cluster is not None:
             c = self.cluster

@@ -469,7 +469,10 @@ class RedisStateStore:
         if not keys:
             return []
         if not self._resolved:
-            self.nodes = resolve(self.nodes)
+            try:
+                self.nodes = resolve(self.nodes)
+            except redis.RedisError as e:
+                raise StateError(f"cannot reach Redis at {self.url_shown}: {e}") from None
             self._resolved = True
         slot = key_slot(self.versions_key.encode())
         (raw,) = self._round(

@@ -196,3 +196,71 @@ def test_replay_sends_json_schema_events_the_worker_reads(
         wait_for(lambda: w.metric("stream_lstm_forecasts_out_total") >= n, 60, "all forecasts")
     got = forecasts_frame(read_all(services.bootstrap, topics.output, n), "f0")
     assert_parity(synth_model, frame, got)
+
+
+def test_a_paused_registry_dead_letters_nothing_and_the_worker_waits(
+    services: Services,
+    topic_factory: Callable[..., str],
+    group_id: str,
+    synth_model: Path,
+    registry: SchemaRegistry,
+) -> None:
+    """The registry stops answering (SIGSTOP) before the worker has read a schema: the worker
+    goes unready and retries — no event is dead-lettered or forecast, nothing is committed —
+    and when the registry answers again every event is forecast, equal to predict."""
+    import os
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    frame = synthetic_frame(keys=6, rows=10, features=2, seed=9)
+    topics = make_topics(topic_factory, partitions=2)
+    client = SchemaRegistryClient({"url": registry.url})
+    avro = as_avro(client, topics.input, events_of(frame, SYNTH))  # serialized while it answers
+    s = settings(
+        synth_model, services.bootstrap, services.redis_url, topics, group_id,
+        input_format="avro", schema_registry_url=registry.url, registry_outage_limit_s=300,
+    )  # fmt: skip
+    pid = registry.pid()
+    assert pid is not None
+    with running_worker(s) as w:
+        port = w.worker.metrics_port
+
+        def ready() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+
+        wait_for(lambda: ready() == 200, 60, "the worker ready")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            produce(services.bootstrap, topics.input, avro)
+            wait_for(lambda: w.metric("stream_lstm_schema_registry_retries_total") >= 1, 150,
+                     "registry retries")  # fmt: skip
+            assert ready() == 503
+            assert w.metric("stream_lstm_forecasts_out_total") == 0
+            assert w.metric("stream_lstm_dead_letters_total", reason="unknown_schema") == 0
+            c = Consumer({"bootstrap.servers": services.bootstrap, "group.id": group_id})
+            committed = c.committed([TopicPartition(topics.input, p) for p in range(2)], 10)
+            c.close()
+            assert all(tp.offset < 0 for tp in committed), "nothing committed while waiting"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        n = len(avro)
+        wait_for(lambda: w.metric("stream_lstm_forecasts_out_total") >= n, 120, "all forecasts")
+        wait_for(lambda: ready() == 200, 30, "ready again")
+        dead = sum(
+            x.value
+            for m in w.worker.metrics.dead_letters.collect()
+            for x in m.samples
+            if x.name.endswith("_total")
+        )
+        assert dead == 0, "no dead letter"
+    msgs = read_all(services.bootstrap, topics.output, n)
+    got = forecasts_frame(msgs, "f0")
+    assert len(got[got["h"] == 1]) == n
+    assert_parity(synth_model, frame, got)

@@ -14,8 +14,10 @@ import pytest
 import stream_lstm as sl
 from stream_lstm.data.loading import SeriesSpec, load_frame
 from stream_lstm.data.synthetic import synthetic_frame
+from stream_lstm.errors import StateError
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster
+from stream_lstm.stores.memory import MemoryStore
 from stream_lstm.training.predict import predict_frame
 
 EPOCH = pd.Timestamp(0, tz="UTC")
@@ -231,14 +233,36 @@ def test_rejected_events_carry_the_workers_reason(lstm: sl.Model) -> None:
             ("e", t1, {"load": np.float32(2.5), "temp": np.int64(3)}),  # numpy scalars are fine
         ]
     )
-    assert [getattr(r, "reason", "ok") for r in odd] == ["wrong_type", "wrong_type", "ok"]
+    assert [getattr(r, "reason", "ok") for r in odd] == ["null_key", "wrong_type", "ok"]
     assert "key" in odd[0].detail and "object" in odd[1].detail  # type: ignore[union-attr]
+    more = online.update_many(
+        [
+            (5, t1, {"load": 1.0, "temp": 1.0}),  # keys are strings
+            ("g", t1),  # not (key, ts, values)
+            ("h", t1, {"load": float("nan"), "temp": 1.0}),  # NaN: a missing value
+        ]
+    )
+    assert [getattr(r, "reason", "ok") for r in more] == [
+        "bad_key", "wrong_type", "missing_feature",
+    ]  # fmt: skip
+    with pytest.raises(sl.ConfigError, match="keys are strings"):
+        online.latest(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="update_frame"):
+        online.update_many(pd.DataFrame({"x": [1]}))  # type: ignore[arg-type]
+    filling = lstm.online(missing="ffill")
+    filling.update("h", t0, {"load": 2.0, "temp": 1.0})
+    carried = filling.update("h", t1, {"load": float("nan"), "temp": 1.0})
+    assert carried.ts > 0
     dropping = lstm.online(late="drop")
     dropping.update("a", t0, {"load": 1.0, "temp": 1.0})
     earlier = t0 - pd.Timedelta(hours=1)
     assert dropping.update_many([("a", earlier, {"load": 1.0, "temp": 1.0})]) == [None]
     inf = online.update_many([("f", t1, {"load": float("inf"), "temp": 1.0})])
     assert inf[0].reason == "non_finite_value"  # type: ignore[union-attr]
+    online.close()
+    online.close()  # again: nothing
+    with pytest.raises(sl.ConfigError, match="closed"):
+        online.update("z", t1, {"load": 1.0, "temp": 1.0})
     with pytest.raises(sl.ConfigError, match="late must be"):
         lstm.online(late="keep")
     with pytest.raises(sl.ConfigError, match="store must be"):
@@ -273,3 +297,69 @@ def test_online_time_units_and_string_times(lstm: sl.Model, frame: pd.DataFrame)
         np.testing.assert_array_equal(a.forecast["load"], c.forecast["load"])
     one = lstm.online(time_unit="s").update("z", 1_709_251_200, {"load": 1.0, "temp": 2.0})
     assert one.time == pd.Timestamp("2024-03-01T00:00:00Z")
+
+
+class FailingStore(MemoryStore):
+    """The contract's error (5): the store cannot be reached."""
+
+    def load(self, keys):  # type: ignore[no-untyped-def]
+        if self.fail:
+            raise StateError("Redis at redis://x: connection refused")
+        return super().load(keys)
+
+    fail = False
+
+
+def test_a_forecaster_whose_store_failed_refuses_further_use(lstm: sl.Model) -> None:
+    online = lstm.online()
+    store = FailingStore(online.store.layout)  # type: ignore[attr-defined]
+    online = lstm.online(store=store)
+    t0 = pd.Timestamp("2024-03-01T00:00:00Z")
+    online.update("a", t0, {"load": 1.0, "temp": 1.0})
+    store.fail = True
+    with pytest.raises(StateError, match="connection refused"):
+        online.update("new-key", t0, {"load": 1.0, "temp": 1.0})
+    store.fail = False
+    with pytest.raises(StateError, match=r"failed earlier.*make a new one"):
+        online.update("a", t0 + pd.Timedelta(hours=1), {"load": 1.0, "temp": 1.0})
+    online.close()  # closes without writing what may be half applied
+    again = lstm.online(store=store)
+    assert again.update("a", t0 + pd.Timedelta(hours=1), {"load": 1.0, "temp": 1.0}).key == "a"
+
+
+def test_column_names_need_not_be_identifiers(frame: pd.DataFrame) -> None:
+    """Names with spaces, units and dashes train, predict and run online (the worker's decoder
+    maps them to its own field names)."""
+    odd = frame.rename(
+        columns={"sensor": "mètre id", "when": "när tid", "load": "load kW", "temp": "temp °C"}
+    ).head(600)
+    m = sl.fit(
+        odd, time="när tid", targets="load kW", features=["load kW", "temp °C"], key="mètre id",
+        norm="offset", **TINY,
+    )  # fmt: skip
+    ref = m.predict(odd)
+    assert list(ref.columns[:2]) == ["mètre id", "när tid"]
+    got = m.online().update_frame(odd)
+    by = ref.set_index(["mètre id", "när tid", "h"])["value"]
+    for row, f in zip(odd.itertuples(index=False), got, strict=True):
+        assert isinstance(f, sl.Forecast)
+        exp = by.loc[(row[0], row[1])].sort_index().to_numpy()
+        np.testing.assert_allclose(f.forecast["load kW"], exp, rtol=1e-5, atol=1e-5)
+
+
+def test_more_mistakes_get_clear_errors(
+    lstm: sl.Model, frame: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(sl.ConfigError, match="quantiles"):
+        sl.fit(
+            frame, time="when", targets="load", key="sensor", quantiles=(0.5, 1.5),
+            loss="pinball", **TINY,
+        )  # fmt: skip
+    with pytest.raises(sl.ConfigError, match="path"):
+        sl.load(None)  # type: ignore[arg-type]
+    with pytest.raises(sl.ConfigError, match="missing must be"):
+        lstm.predict(frame, missing="bogus")
+    secs = frame.assign(when=(frame["when"] - EPOCH) // pd.Timedelta(1, "s"))
+    with caplog.at_level("WARNING"):
+        lstm.predict(secs)  # epoch seconds read as milliseconds: 1970
+    assert "time_unit='s'" in caplog.text
