@@ -533,12 +533,17 @@ def _proto_mismatch(schema: Schema, indexes: tuple[int, ...]) -> str | None:
     except IndexError:
         return f"no message at index {list(indexes)} in the writer's schema"
     have = {f.number: (f.name, f.type) for f in msg.field}
+
+    def kind_of(k: int) -> str:
+        return str(_F.Type.Name(k)).removeprefix("TYPE_").lower()
+
     for number, (name, kind) in _EVENT_FIELDS.items():
         if have.get(number) != (name, kind):
+            got = have.get(number)
+            seen = "no such field" if got is None else f"{got[0]} ({kind_of(got[1])})"
             return (
                 f"message {msg.name} is not a stream_lstm.v1.Event: field {number} must be "
-                f"{name} ({_F.Type.Name(kind).removeprefix('TYPE_').lower()}), "
-                f"got {have.get(number, ('nothing', 0))[0]}"
+                f"{name} ({kind_of(kind)}), the writer's is {seen}"
             )
     return None
 
