@@ -29,6 +29,7 @@ __all__ = [
     "Model",
     "OnlineForecaster",
     "Rejected",
+    "StateError",
     "StreamLSTMError",
     "__version__",
     "fit",
@@ -46,6 +47,7 @@ _FROM = {
     "StreamLSTMError": "stream_lstm.errors",
     "ConfigError": "stream_lstm.errors",
     "DataError": "stream_lstm.errors",
+    "StateError": "stream_lstm.errors",
 }
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
         fit,
         load,
     )
-    from stream_lstm.errors import ConfigError, DataError, StreamLSTMError
+    from stream_lstm.errors import ConfigError, DataError, StateError, StreamLSTMError
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,7 @@ time, a malformed value.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -49,6 +50,7 @@ from stream_lstm.data.splits import SplitPoints
 from stream_lstm.errors import ConfigError, DataError, StateError
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import Artifact, check_output_dir, load_artifact
+from stream_lstm.model.device import pick_device
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.runtime.engine import Engine, EngineConfig, layout_for
 from stream_lstm.runtime.events import (
@@ -123,11 +125,29 @@ def _options(options: Mapping[str, Any], progress: bool) -> TrainOptions:
             f"unknown training option(s) {unknown}; the options are {sorted(known - {'progress'})}"
         )
     opts: dict[str, Any] = dict(options)
+    defaults = TrainOptions()
+    for name, v in opts.items():
+        want = type(getattr(defaults, name))
+        if want is bool:
+            ok = isinstance(v, bool)
+        elif want is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif want is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        elif want is str:
+            ok = isinstance(v, str)
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"training option {name}: expected {want.__name__}, got {v!r}")
     for name in ("quantiles", "log1p", "calendar", "split", "split_dates"):
         if opts.get(name) is not None and not isinstance(opts[name], tuple):
             opts[name] = tuple(opts[name])
     if isinstance(opts.get("repair"), Mapping):
-        opts["repair"] = RepairRule(**opts["repair"])
+        try:
+            opts["repair"] = RepairRule(**opts["repair"])
+        except TypeError as e:
+            raise ConfigError(f"training option repair: {e}") from None
     return replace(TrainOptions(progress=progress), **opts)
 
 
@@ -178,8 +198,16 @@ def fit(
     try:
         artifact, _ = train(frame, spec, opts, directory)
     except pydantic.ValidationError as e:  # the model's settings (ModelConfig) refused
-        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        if tmp is not None:
+            tmp.cleanup()
+        problems = "; ".join(
+            (f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "") + x["msg"] for x in e.errors()
+        )
         raise ConfigError(f"invalid training options: {problems}") from None
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
     model = Model(artifact)
     model._tmp = tmp
     return model
@@ -187,9 +215,9 @@ def fit(
 
 def load(path: str | Path, device: str = "cpu") -> Model:
     """A model artifact (from :func:`fit`, :meth:`Model.save` or ``stream-lstm train``)."""
-    if not isinstance(path, (str, Path)):
-        raise ConfigError(f"load takes the artifact directory's path, not {type(path).__name__}")
-    return Model(load_artifact(Path(path), device))
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise ConfigError(f"load takes the artifact directory's path, not {path!r}")
+    return Model(load_artifact(Path(path), pick_device(device)))
 
 
 class Model:
@@ -496,7 +524,14 @@ class OnlineForecaster:
         flush_interval_s: float | None = None,
     ) -> None:
         if not isinstance(model, Model):
-            model = load(model, device)
+            model = load(model)
+        if flush_interval_s is not None and not (
+            isinstance(flush_interval_s, (int, float)) and flush_interval_s >= 0
+        ):
+            raise ConfigError(
+                f"flush_interval_s must be None (flush() only) or seconds >= 0, not "
+                f"{flush_interval_s!r}"
+            )
         if late not in ("dlq", "drop"):
             raise ConfigError(
                 f"late must be 'dlq' (rejected with a reason) or 'drop', not {late!r}"
@@ -506,7 +541,12 @@ class OnlineForecaster:
             raise ConfigError(f"time_unit must be one of {sorted(_MS_PER)}, got {time_unit!r}")
         self.time_unit = time_unit
         self.model = model
-        self.fc = Forecaster(model.artifact, device)
+        artifact = model.artifact
+        dev = pick_device(device)
+        if next(artifact.module.parameters()).device != dev:
+            # a copy on that device: the model's own network stays where it is (predict)
+            artifact = replace(artifact, module=copy.deepcopy(artifact.module))
+        self.fc = Forecaster(artifact, dev)
         layout = layout_for(self.fc)
         self.store = self._open(store, namespace, layout)
         self._sink = _Sink()
@@ -542,6 +582,11 @@ class OnlineForecaster:
             rs = RedisStateStore(store, namespace, layout)
             rs.connect()
             return rs
+        if not callable(getattr(store, "use_layout", None)):
+            raise ConfigError(
+                f"store must be None, 'memory', a redis:// URL or a store object (the contract of "
+                f"stream_lstm.stores.base.StateStore), not {store!r}"
+            )
         store.use_layout(layout)  # the contract: a store keeps the records of a layout it is given
         return store
 
@@ -661,6 +706,10 @@ class OnlineForecaster:
         the model's time and key columns (or ``time=``, ``key=``; no key column: one series)
         and its features (targets that are not features are passed on too)."""
         self._check_usable()
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"update_frame takes a pandas DataFrame, not {type(frame).__name__}")
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ConfigError(f"batch must be an int >= 1, not {batch!r}")
         t, k = self.model._columns(time, key)
         if t not in frame.columns:
             raise DataError(f"time column {t!r} not found; the DataFrame has {list(frame)}")

@@ -54,8 +54,8 @@ class ModelConfig(BaseModel):
     def _check(self) -> ModelConfig:
         if any(not 0 < q < 1 for q in self.quantiles):
             raise ValueError(f"quantiles must lie strictly between 0 and 1, got {self.quantiles}")
-        if self.quantiles and sorted(self.quantiles) != self.quantiles:
-            raise ValueError("quantiles must be sorted")
+        if self.quantiles and sorted(set(self.quantiles)) != self.quantiles:
+            raise ValueError(f"quantiles must be sorted and distinct, got {self.quantiles}")
         if self.quantiles and 0.5 not in self.quantiles:
             raise ValueError("quantiles must include 0.5 (the point forecast)")
         if len(set(self.features)) != len(self.features):

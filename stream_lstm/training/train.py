@@ -102,6 +102,8 @@ class TrainOptions:
     def check(self) -> None:
         if self.search_budget <= 0:
             raise ConfigError("--search-budget must be > 0 seconds")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
         if self.quantiles and self.loss != "pinball":

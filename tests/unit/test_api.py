@@ -357,6 +357,28 @@ def test_more_mistakes_get_clear_errors(
         )  # fmt: skip
     with pytest.raises(sl.ConfigError, match="path"):
         sl.load(None)  # type: ignore[arg-type]
+    with pytest.raises(sl.ConfigError, match="path"):
+        sl.load("")
+    for bad in ({"epochs": "3"}, {"lr": -1.0}, {"repair": {"bogus": 1}}, {"hidden_size": 1.5}):
+        with pytest.raises(sl.ConfigError):
+            sl.fit(frame, time="when", targets="load", key="sensor", **{**TINY, **bad})
+    with pytest.raises(sl.ConfigError, match="distinct"):
+        sl.fit(
+            frame, time="when", targets="load", key="sensor", quantiles=(0.5, 0.5),
+            loss="pinball", **TINY,
+        )  # fmt: skip
+    with pytest.raises(sl.ConfigError, match="device"):
+        lstm.online(device="cuda:7")  # no such device here (CI has no GPU)
+    lstm.predict(frame.head(50))  # the model is untouched by the refused device
+    with pytest.raises(sl.ConfigError, match="flush_interval_s"):
+        lstm.online(flush_interval_s="1")  # type: ignore[arg-type]
+    with pytest.raises(sl.ConfigError, match="store must be"):
+        lstm.online(store=5)  # type: ignore[arg-type]
+    with pytest.raises(sl.ConfigError, match="batch"):
+        lstm.online().update_frame(frame, batch=0)
+    with pytest.raises(TypeError, match="DataFrame"):
+        lstm.online().update_frame(None)  # type: ignore[arg-type]
+    assert sl.StateError.__name__ == "StateError"
     with pytest.raises(sl.ConfigError, match="missing must be"):
         lstm.predict(frame, missing="bogus")
     secs = frame.assign(when=(frame["when"] - EPOCH) // pd.Timedelta(1, "s"))
