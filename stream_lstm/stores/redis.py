@@ -652,6 +652,23 @@ class RedisStateStore:
         ask: dict[int, str],
         wait: int,
     ) -> tuple[list[int], BaseException | None]:
+        """:meth:`_send_once`; calls refused for want of the script (a restarted node or a new
+        master: the script was just loaded again) are sent again at once, rather than spending
+        one of the round's attempts on it."""
+        again, err = self._send_once(addr, idx, calls, replies, ask, wait)
+        if again and isinstance(err, redis.exceptions.NoScriptError):
+            again, err = self._send_once(addr, again, calls, replies, ask, wait)
+        return again, err
+
+    def _send_once(
+        self,
+        addr: str,
+        idx: list[int],
+        calls: list[Call],
+        replies: list[object],
+        ask: dict[int, str],
+        wait: int,
+    ) -> tuple[list[int], BaseException | None]:
         """One pipeline to one node; fills ``replies``. Returns the calls to retry and why
         (every call is idempotent: a write applied twice leaves the same record)."""
         client = self.nodes.client(addr)

@@ -221,6 +221,22 @@ def test_noscript_on_a_promoted_replica_loads_the_script_there_and_retries() -> 
     assert got == [[1, [], []]] and ("SCRIPT LOAD",) in a.sent[1]
 
 
+def test_noscript_is_sent_again_within_the_same_attempt() -> None:
+    """A Redis restarted just now has lost the script: the reload and the resend take no retry
+    attempt (no back-off, no slot-map refresh), so a quick restart cannot exhaust them."""
+    calls = {"n": 0}
+
+    def answer(c: tuple[object, ...]) -> object:
+        calls["n"] += 1
+        return redis.exceptions.NoScriptError("NOSCRIPT") if calls["n"] == 1 else [1, [], []]
+
+    nodes = FakeNodes({"a:1": FakeNode(answer)}, lambda slot: "a:1")
+    refreshed: list[int] = []
+    nodes.refresh = lambda: refreshed.append(1)  # type: ignore[method-assign]
+    got = store_on(nodes)._round("t", [Call(1, ("EVALSHA", "x"), [], 1)])
+    assert got == [[1, [], []]] and not refreshed
+
+
 def test_a_master_demoted_by_a_manual_failover_is_left_for_the_new_one() -> None:
     """CLUSTER FAILOVER: the old master still takes the connection but is a replica now; its
     WAIT answers an error (once, the worker kept sending WAIT there for 6 minutes)."""
