@@ -353,8 +353,12 @@ def test_kafka_broker_down_longer_than_the_delivery_timeout(
     producer = PacedProducer(stack.bootstrap, topics.input, events, rate=1e9)
     producer.start()
     producer.join(120)  # the whole input is there: the worker starts with a backlog
+    # a session longer than the others' 6 s: on a loaded machine the group session could expire
+    # just before the kill (no heartbeat answered), and a worker that lost its partitions has
+    # no delivery failure to report — the path this test is about
     w = WorkerProc(synth_model, stack.bootstrap, stack.redis_url, topics, group, tmp_path,
                    "--producer-option", "message.timeout.ms=3000",
+                   "--consumer-option", "session.timeout.ms=30000",
                    "--max-batch", "16").start()  # fmt: skip
     w.wait_first_forecast()
     stack.kafka.kill()  # at once: a graceful stop takes seconds, time enough to end the backlog
