@@ -363,12 +363,10 @@ def measure_worker_memory(layout: Layout, n: int, keep_windows: bool) -> dict[st
         for name, arr in vars(cache).items()
         if isinstance(arr, np.ndarray) and name not in ("init_h", "init_c")
     }
-    # what one dirty key takes in the snapshot buffers (header, h, c, score block)
+    # what one dirty key takes in a snapshot (the fixed part: header, h, c, score block)
     snap = cache.snapshot(np.arange(n))
-    snap_bytes = sum(
-        int(a.nbytes)
-        for a in (snap.header, snap.h, snap.c) + ((snap.score,) if snap.score is not None else ())
-    )
+    snap.complete()
+    snap_bytes = int(snap.fixed.nbytes)
     return {
         "keys": n,
         "keep_windows": keep_windows,

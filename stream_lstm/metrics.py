@@ -65,7 +65,10 @@ LATENCY_BUCKETS = (
     30,
     60,
 )
-STAGES = ("decode", "state_load", "model", "score", "publish", "commit", "flush", "snapshot")
+STAGES = (
+    "decode", "state_load", "model", "score", "publish", "commit", "flush", "snapshot",
+    "snapshot_rows",
+)  # fmt: skip
 
 
 class BatchHistogram(Collector):

@@ -2,10 +2,19 @@
 
 The cache keeps every owned key in slabs (one array per field, one row per key) so gathering
 and scattering a tick's keys is fancy indexing, never a per-key Python loop over tensors.
+
+Snapshots are copy-on-write (:meth:`StateCache.snapshot`): the hot loop copies each dirty key's
+header fields (a few dozen bytes) and leaves its large rows (``h``, ``c``, the score block) in
+the slabs, marked as owed to the snapshot; the state writer copies them out in chunks
+(:meth:`Snapshot.complete`, on its own thread), and a tick about to change a row still owed
+copies that row first (:meth:`StateCache.preserve`). So the snapshot is of one instant, as
+before, but the hot loop no longer stops for a copy of every dirty key's state.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -40,6 +49,12 @@ class StateCache:
     score: np.ndarray | None  # [cap] Layout.score_block, when forecasts are scored
     win: np.ndarray | None  # [cap, W, F] float32 ring, only when windows are kept in memory
     win_ts: np.ndarray | None  # [cap, W] int64
+    owed: np.ndarray  # [cap] int8, the open snapshot still to copy this row's h, c, score (0: none)
+
+    # snapshots whose rows are not all copied yet: a key should not be written so rarely that
+    # more than this many are open (an engine has at most two writes in flight)
+    MAX_OPEN = 8
+    COPY_CHUNK = 4096  # rows the writer copies per hold of the lock
 
     def __init__(
         self,
@@ -49,14 +64,13 @@ class StateCache:
         *,
         keep_windows: bool,
         capacity: int = 1024,
-        snapshot_buffers: int = 1,
     ) -> None:
         self.layout = layout
         self.keep_windows = keep_windows
         self.init_h = init_h.astype(np.float32).reshape(layout.layers, layout.hidden)
         self.init_c = init_c.astype(np.float32).reshape(layout.layers, layout.hidden)
         self.index: dict[str, int] = {}
-        self.slot_keys: list[str | None] = []
+        self.slot_keys: np.ndarray = np.empty(0, dtype=object)  # [cap] the key in each slot
         self.free: list[int] = []
         self.win = self.win_ts = None
         self.score = None
@@ -66,14 +80,18 @@ class StateCache:
         self._log: list[LogChunk] = []
         # windows of keys loaded from another model version, until the model replays them
         self.rebuild_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        # the snapshot buffers, used in turn: as many snapshots may be in flight (being written)
-        self._snaps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = [
-            None
-        ] * snapshot_buffers
-        self._turn = 0
+        # copy-on-write snapshots (module docstring): the open ones by id, the lock that the hot
+        # loop (preserve, growth) and the writer (Snapshot.complete) take to touch owed rows
+        self._lock = threading.Lock()
+        self._open: dict[int, Snapshot] = {}
+        self._last_id = 0
         self._alloc(capacity)
 
     def _alloc(self, cap: int) -> None:
+        with self._lock:  # (the writer may be copying owed rows out of the old slabs)
+            self._grow_slabs(cap)
+
+    def _grow_slabs(self, cap: int) -> None:
         lay = self.layout
         L, Hd, W, F = lay.layers, lay.hidden, lay.window, lay.features
         n_old = 0 if not hasattr(self, "h") else self.h.shape[0]
@@ -98,6 +116,7 @@ class StateCache:
         grow("dirty", (), np.bool_, False)
         grow("rebuild", (), np.bool_, False)
         grow("last_v", (F,), np.float32, np.nan)
+        grow("owed", (), np.int8, 0)
         if lay.score_ring:
             score = np.zeros(cap, dtype=lay.score_block)
             if n_old and self.score is not None:
@@ -105,7 +124,7 @@ class StateCache:
             self.score = score
         else:
             self.score = None
-        self.slot_keys += [None] * (cap - n_old)
+        self.slot_keys = np.concatenate([self.slot_keys, np.full(cap - n_old, None, object)])
         self.free += list(range(cap - 1, n_old - 1, -1))
 
     # -- lookup and allocation --------------------------------------------------------------
@@ -124,8 +143,8 @@ class StateCache:
     def allocate(self, keys: Sequence[str], partitions: Sequence[int] | np.ndarray) -> np.ndarray:
         """New slots in the initial state (h_0, c_0, empty window, nothing applied)."""
         need = len(keys)
-        if need > len(self.free):  # grow by half: 100,000 keys fit in ~110,000 slots, not 131,072
-            self._alloc(max(self.capacity * 3 // 2, self.capacity + need - len(self.free)))
+        if need > len(self.free):  # grow by a quarter: at most ~25 % of the slabs stand empty
+            self._alloc(max(self.capacity * 5 // 4, self.capacity + need - len(self.free)))
         slots = np.asarray([self.free.pop() for _ in range(need)], dtype=np.int64)
         for k, s in zip(keys, slots, strict=True):
             self.index[k] = int(s)
@@ -135,6 +154,7 @@ class StateCache:
         return slots
 
     def reset(self, slots: np.ndarray) -> None:
+        self.preserve(slots)  # (a slot evicted and reused may still owe its old row)
         self.h[slots] = self.init_h
         self.c[slots] = self.init_c
         if self.win is not None and self.win_ts is not None:
@@ -153,6 +173,7 @@ class StateCache:
     def reset_score(self, slots: np.ndarray) -> None:
         """No forecasts kept, no residuals seen, no excursion open."""
         if self.score is not None:
+            self.preserve(slots)
             self.score[slots] = np.zeros(1, dtype=self.score.dtype)
             self.score["fring_ts"][slots] = NO_TS
             self.score["exc_since"][slots] = NO_TS
@@ -239,29 +260,19 @@ class StateCache:
 
     # -- records -----------------------------------------------------------------------------
     def snapshot(self, slots: np.ndarray, *, everything: bool = False) -> Snapshot:
-        """Copies of the dirty states of ``slots`` (``everything``: all dirty keys, so the whole
-        row log goes with them without filtering). Array copies only: cheap on the hot loop.
+        """The dirty states of ``slots`` at this instant (``everything``: all dirty keys, so the
+        whole row log goes with them without filtering).
 
-        The copies live in buffers reused in turn (``snapshot_buffers`` of them): a snapshot must
-        be written before the buffer it uses comes round again (the engine keeps at most that
-        many writes in flight).
+        Copy-on-write (module docstring): here only the header fields, the keys and the row log
+        are taken; the rows of ``h``, ``c`` and the score block are copied by
+        :meth:`Snapshot.complete` (the store calls it before it reads them, on the writer's
+        thread), or by :meth:`preserve` when a tick is about to change them first. Each
+        snapshot has its own buffer, freed once it is written.
         """
         lay = self.layout
-        slots = np.sort(slots)
+        slots = np.sort(np.asarray(slots, dtype=np.int64))
         n = len(slots)
-        turn = self._turn
-        if n:  # (an empty snapshot, the idle store check, takes no buffer's turn)
-            self._turn = (turn + 1) % len(self._snaps)
-        snap = self._snaps[turn]
-        if snap is None or len(snap[0]) < n:
-            cap = max(n, 1024, len(snap[0]) * 3 // 2 if snap else 0)
-            snap = self._snaps[turn] = (
-                np.zeros(cap, dtype=HEADER),
-                np.zeros((cap, lay.layers, lay.hidden), np.float32),
-                np.zeros((cap, lay.layers, lay.hidden), np.float32),
-                np.zeros(cap if lay.score_ring else 0, dtype=lay.score_block),
-            )
-        hdr, h, c, score = (a[:n] for a in snap)
+        hdr = np.empty(n, dtype=HEADER)
         hdr["magic"] = MAGIC
         hdr["version"] = lay.version.encode()[:12]
         hdr["last_offset"] = self.last_offset[slots]
@@ -275,16 +286,77 @@ class StateCache:
         hdr["targets"], hdr["score_ring"] = lay.targets, lay.score_ring
         hdr["steps"], hdr["stats"] = lay.steps, lay.stats
         hdr["topic_id"] = self.topic_id
-        np.take(self.h, slots, axis=0, out=h)  # into reused buffers: no fresh pages to fault in
-        np.take(self.c, slots, axis=0, out=c)
-        if self.score is not None:
-            np.take(self.score, slots, axis=0, out=score)
         if everything:
             log, self._log = self._log, []
         else:
             log = self._take_log(slots)
-        keys = [self.slot_keys[s] or "" for s in slots.tolist()]
-        return Snapshot(lay, keys, slots, hdr, h, c, log, score if lay.score_ring else None)
+        snap = Snapshot(lay, self.slot_keys[slots], slots, hdr, log)
+        if n and (lay.layers or self.score is not None):
+            with self._lock:
+                self._preserve(slots)  # rows still owed to an earlier snapshot go there first
+                sid = self._open_id()
+                self.owed[slots] = sid
+                self._open[sid] = snap
+            snap.fill = functools.partial(self._complete, sid)
+        return snap
+
+    def preserve(self, slots: np.ndarray) -> None:
+        """Before the rows of ``slots`` change: those still owed to an open snapshot are copied
+        into it first (the tick's only part in a snapshot; usually there is nothing to do)."""
+        if self._open:
+            with self._lock:
+                self._preserve(slots)
+
+    def _preserve(self, slots: np.ndarray) -> None:
+        owed = self.owed[slots]
+        if not owed.any():
+            return
+        for sid in np.unique(owed[owed > 0]).tolist():
+            s = slots[owed == sid]
+            snap = self._open[sid]
+            self._copy_rows(snap, np.searchsorted(snap.slots, s), s)
+            self.owed[s] = 0
+
+    def _open_id(self) -> int:
+        """An id for a new open snapshot. More than MAX_OPEN open means some were never
+        written (a write given up, a rewind): the oldest is closed, its owed rows released;
+        writing it later raises."""
+        while len(self._open) >= self.MAX_OPEN:
+            old = next(iter(self._open))
+            self.owed[self.owed == old] = 0
+            self._open.pop(old).fill = functools.partial(_abandoned, old)
+        sid = self._last_id
+        while True:
+            sid = sid % 127 + 1
+            if sid not in self._open:
+                self._last_id = sid
+                return sid
+
+    def _complete(self, sid: int, snap: Snapshot) -> None:
+        """Copy the rows ``snap`` is still owed, a chunk per hold of the lock (the writer's
+        thread; the hot loop may take the lock between chunks to preserve a row it changes)."""
+        n = len(snap.slots)
+        for a in range(0, n, self.COPY_CHUNK):
+            with self._lock:
+                if self._open.get(sid) is not snap:
+                    _abandoned(sid, snap)
+                s = snap.slots[a : a + self.COPY_CHUNK]
+                mine = self.owed[s] == sid
+                if mine.all():
+                    self._copy_rows(snap, slice(a, a + len(s)), s)
+                elif mine.any():
+                    self._copy_rows(snap, a + np.flatnonzero(mine), s[mine])
+                self.owed[s[mine]] = 0
+        with self._lock:
+            self._open.pop(sid, None)
+
+    def _copy_rows(self, snap: Snapshot, at: np.ndarray | slice, slots: np.ndarray) -> None:
+        f = snap.fixed
+        if self.layout.layers:
+            f["h"][at] = self.h[slots]
+            f["c"][at] = self.c[slots]
+        if self.score is not None:
+            f["score"][at] = self.score[slots]
 
     def _take_log(self, slots: np.ndarray) -> list[LogChunk]:
         """Remove and return the logged rows of ``slots``."""
@@ -422,3 +494,10 @@ class StateCache:
             self._log.append((has, zero, self.last_v[has].copy(), self.last_ts[has].copy()))
         self.dirty[used] = True
         return int(used.size)
+
+
+def _abandoned(sid: int, snap: Snapshot) -> None:
+    raise RuntimeError(
+        f"snapshot {sid} of {len(snap.keys)} key(s) was closed before it was written: more than "
+        f"{StateCache.MAX_OPEN} snapshots were left unwritten"
+    )

@@ -53,6 +53,8 @@ read_committed consumers, its offsets never moved, and its states were never wri
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import queue
 import threading
@@ -75,6 +77,20 @@ Offsets = dict[tuple[str, int], int]  # (topic, partition) → next offset to co
 Commit = Callable[[Offsets], None]  # the driver's offset commit
 STORE_CHECK_S = 5.0  # an idle worker checks the store for a wipe this often
 SLOW_SAVE_S = 5.0  # a state write this slow is logged
+TRIM_EVERY_S = 5.0  # the writer returns freed heap pages to the system at most this often
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None elsewhere: musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+_malloc_trim = _libc_malloc_trim()
 
 
 @dataclass
@@ -99,11 +115,17 @@ class StateWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        last_trim = 0.0
         while (job := self._jobs.get()) is not None:
             try:
                 self._done.put((job, self._save(job)))
             except BaseException as e:
                 self._done.put((job, e))
+            if _malloc_trim is not None and time.monotonic() - last_trim >= TRIM_EVERY_S:
+                # a write's buffers (its records' bytes, the Redis commands) are freed by now:
+                # hand the free pages back, or the C heaps keep them at the largest write's size
+                _malloc_trim(0)
+                last_trim = time.monotonic()
 
     def busy(self, limit: int = 1) -> bool:
         """``limit`` or more writes are still in flight."""
@@ -262,6 +284,8 @@ class CommitCycle:
         only checks that the store still holds its data)."""
         e = self.e
         t0 = time.monotonic()
+        job.snapshot.complete()  # the rows still owed (copy-on-write: runtime/cache.py)
+        e.metrics.stage_seconds.labels("snapshot_rows").observe(time.monotonic() - t0)
         res: SaveResult = e.retry(lambda: e.store.save(job.snapshot))
         if (took := time.monotonic() - t0) > SLOW_SAVE_S:
             log.warning(

@@ -140,12 +140,7 @@ class Engine:
         self.layout = layout_for(forecaster, self.cfg.scoring)
         init_h, init_c = self._initial_state()
         # stateful models read windows only to rebuild: those stay in Redis, not in memory
-        # exactly-once: a cycle commits while the previous one's states are still being written
-        # (two snapshots in flight), so outputs become visible every interval
-        self.cache = StateCache(
-            self.layout, init_h, init_c, keep_windows=self.step.keeps_windows,
-            snapshot_buffers=2 if self.transactional else 1,
-        )  # fmt: skip
+        self.cache = StateCache(self.layout, init_h, init_c, keep_windows=self.step.keeps_windows)
         self.cache.topic_id = self.topic_id
         self.interval = format_interval(mc.interval_ms)
         self._encoder = ForecastEncoder(
@@ -470,6 +465,7 @@ class Engine:
             prev = previous_rows(v)
             prev[pos == 0] = cache.last_v[slots]
         x = fc.inputs(v, ts[a_idx], ev_keys, prev)  # [n, I]
+        cache.preserve(slots)  # rows still owed to a snapshot being written are copied first
         y = self.step(cache, slots, kpos, pos, counts, x)  # ONE model call
         cache.append(slots[kpos], pos, counts[kpos], v, ts[a_idx])
         last = first + counts - 1

@@ -26,7 +26,7 @@ def keys_of(fc: Forecaster, cache: StateCache, slots: np.ndarray) -> np.ndarray:
     """Entity keys of slots (only per-key scaling needs them; global scaling ignores them)."""
     if fc.config.scaling != "per-key":
         return np.full(len(slots), "", dtype=object)
-    return np.asarray([cache.slot_keys[s] for s in slots], dtype=object)
+    return cache.slot_keys[slots]
 
 
 class ModelStep(Protocol):

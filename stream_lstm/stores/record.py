@@ -39,7 +39,7 @@ Windowed models (``cnn-lstm-attn``) read the window every tick and keep it in me
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,8 +176,13 @@ class Layout:
         return int(self.dtype.itemsize)
 
     @property
+    def fixed_dtype(self) -> np.dtype:
+        """The fixed part of a record: header, ``h``, ``c``, the score block."""
+        return fixed_dtype(self.layers, self.hidden, *self.score_dims)
+
+    @property
     def fixed_size(self) -> int:
-        return int(fixed_dtype(self.layers, self.hidden, *self.score_dims).itemsize)
+        return int(self.fixed_dtype.itemsize)
 
     @property
     def score_block(self) -> np.dtype:
@@ -297,40 +302,59 @@ LogChunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # slot, ring p
 
 @dataclass
 class Snapshot:
-    """Dirty keys' states at a commit cycle, as deltas: per key the fixed part (header, h, c)
-    and the ring rows written since its last write.
+    """Dirty keys' states at a commit cycle, as deltas: per key the fixed part (header, h, c,
+    score block) and the ring rows written since its last write.
 
-    The hot loop only copies arrays (:meth:`StateCache.snapshot`); the bytes are assembled by
-    :meth:`items` on the writer's thread.
+    The hot loop takes the header fields and the row log; the rows of ``h``, ``c`` and the
+    score block are copied in by ``fill`` (copy-on-write: see :mod:`stream_lstm.runtime.cache`),
+    which :meth:`complete` runs once, before anything reads them; the bytes are assembled on
+    the writer's thread.
     """
 
     layout: Layout
-    keys: list[str]
+    key_array: np.ndarray  # [n] the keys (object array; see `keys`)
     slots: np.ndarray  # [n] sorted
     header: np.ndarray  # [n] HEADER
-    h: np.ndarray  # [n, L, Hd]
-    c: np.ndarray  # [n, L, Hd]
     log: list[LogChunk]  # rows of these slots only
-    score: np.ndarray | None = None  # [n] the score block, when forecasts are scored
+    fill: Callable[[Snapshot], None] | None = None  # copies the rows still owed into `fixed`
     _fixed: np.ndarray | None = None
+    _keys: list[str] | None = None
     _rows: bytes = b""
     _bounds: np.ndarray | None = None
     _blobs: tuple[list[bytes], list[bytes]] | None = None
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.slots)
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys, in slot order (a list made on first use: on the writer's thread)."""
+        if self._keys is None:
+            self._keys = [k or "" for k in self.key_array.tolist()]
+        return self._keys
+
+    @property
+    def fixed(self) -> np.ndarray:
+        """``[n]`` fixed parts (``Layout.fixed_dtype``): the header, and the rows of ``h``,
+        ``c`` and the score block once ``fill`` has copied them (:meth:`complete`). Allocated
+        on first use, so its pages are touched off the hot loop."""
+        if self._fixed is None:
+            n = len(self.slots)
+            f = np.empty(n, self.layout.fixed_dtype)
+            u8 = f.view(np.uint8).reshape(n, f.dtype.itemsize)
+            u8[:, : HEADER.itemsize] = self.header.view(np.uint8).reshape(n, HEADER.itemsize)
+            self._fixed = f
+        return self._fixed
+
+    def complete(self) -> None:
+        """Copy in the rows still owed (once; a no-op after that)."""
+        if self.fill is not None:
+            fill, self.fill = self.fill, None
+            fill(self)
 
     def _prepare(self) -> None:
+        self.complete()
         n = len(self.keys)
-        self._fixed = np.concatenate(
-            [
-                self.header.view(np.uint8).reshape(n, HEADER.itemsize),
-                self.h.reshape(n, -1).view(np.uint8),  # float32 bytes, little-endian
-                self.c.reshape(n, -1).view(np.uint8),
-                *(() if self.score is None else (self.score.view(np.uint8).reshape(n, -1),)),
-            ],
-            axis=1,
-        )  # [n, fixed_size]
         self._bounds = np.zeros(n + 1, np.int64)
         if not self.log:
             return
@@ -350,13 +374,12 @@ class Snapshot:
 
     def blobs(self) -> tuple[list[bytes], list[bytes]]:
         """Per key: the fixed part and the packed new rows (built once, on first use)."""
-        if self._fixed is None:
+        if self._bounds is None:
             self._prepare()
-        assert self._fixed is not None
         assert self._bounds is not None
         if self._blobs is None:
-            f = self._fixed.shape[1]
-            raw = self._fixed.tobytes()
+            fx = self.fixed
+            f, raw = fx.dtype.itemsize, fx.tobytes()
             fixed = [raw[i * f : (i + 1) * f] for i in range(len(self.keys))]
             rows, b = self._rows, self._bounds.tolist()
             self._blobs = (fixed, [rows[x:y] for x, y in itertools.pairwise(b)])
