@@ -103,3 +103,81 @@ def micro_bench(
             if dev_name == "cuda":
                 torch.cuda.synchronize()
     return rows
+
+
+def resident_bench(
+    input_size: int,
+    hidden: int,
+    layers: int,
+    horizon: int,
+    sizes: tuple[int, ...],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """One tick of S keys with the state kept on ``device`` (not what the worker does today:
+    its slabs are host memory): the events' inputs in (one copy), gather (h, c) by index, one
+    LSTM step, the head, scatter (h, c), the forecasts out (one copy), synchronised. On CUDA
+    the tick is also captured as a CUDA graph and replayed (no per-kernel launch cost); the
+    faster of the two is reported, ``graph`` says which."""
+    torch.manual_seed(0)
+    cuda = device.type == "cuda"
+    module = LSTMForecaster(input_size, hidden, layers, 0.0, horizon, 1).eval().to(device)
+    cap = max(sizes)
+    h_slab = torch.randn(cap, layers, hidden, device=device)
+    c_slab = torch.zeros_like(h_slab)
+    rows = []
+    for S in sizes:
+        idx = torch.from_numpy(np.random.default_rng(S).permutation(cap)[:S]).to(device)
+        x_host = (
+            torch.randn(S, 1, input_size).pin_memory() if cuda else torch.randn(S, 1, input_size)
+        )
+        x_dev = torch.empty(S, 1, input_size, device=device)
+        y_host = torch.empty(S, horizon, pin_memory=cuda)
+
+        @torch.inference_mode()
+        def tick(
+            idx: torch.Tensor = idx,
+            x_host: torch.Tensor = x_host,
+            x_dev: torch.Tensor = x_dev,
+            y_host: torch.Tensor = y_host,
+        ) -> None:
+            x_dev.copy_(x_host, non_blocking=True)
+            h = h_slab.index_select(0, idx).transpose(0, 1).contiguous()
+            c = c_slab.index_select(0, idx).transpose(0, 1).contiguous()
+            out, (h2, c2) = module.lstm(x_dev, (h, c))
+            y = module.head(out[:, -1])
+            h_slab.index_copy_(0, idx, h2.transpose(0, 1))
+            c_slab.index_copy_(0, idx, c2.transpose(0, 1))
+            y_host.copy_(y, non_blocking=True)
+
+        def eager(tick: Any = tick) -> None:
+            tick()
+            if cuda:
+                torch.cuda.synchronize()
+
+        t = _time(eager, budget_s=0.5)
+        row: dict[str, Any] = {"device": device.type, "keys": S, "step_ms": t * 1e3, "graph": False}
+        if cuda:
+            try:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        tick()
+                torch.cuda.current_stream().wait_stream(side)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    tick()
+
+                def replay(g: Any = g) -> None:
+                    g.replay()
+                    torch.cuda.synchronize()
+
+                tg = _time(replay, budget_s=0.5)
+                row["eager_ms"], row["graph_ms"] = t * 1e3, tg * 1e3
+                if tg < t:
+                    row.update(step_ms=tg * 1e3, graph=True)
+            except RuntimeError as e:  # a capture that fails: the eager figure stands
+                row["graph_error"] = str(e)[:200]
+        row["step_keys_per_s"] = S / (row["step_ms"] / 1e3)
+        rows.append(row)
+    return rows

@@ -66,17 +66,42 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             "End-to-end latency (input message timestamp → forecast message timestamp) at fixed offered loads:",
             "",
-            "| runtime | keys | offered | achieved | p50 | p95 | p99 | max | worker CPU | worker RSS |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| runtime | keys | offered | achieved | p50 | p95 | p99 | max | worker CPU | worker RSS | snapshot stall (mean, cycles) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for x in r["latency"]:
             ms = x["latency_ms"]
+            snap = x.get("worker_stages", {}).get("snapshot", {})
+            stall = f"{snap['mean']:.1f} ms ({snap['count']:.0f})" if snap.get("count") else "–"
             lines.append(
                 f"| {x.get('runtime', 'confluent')} | {x['keys']:,} | {x['offered_events_per_s']:,} | {x['achieved_events_per_s']:,.0f} | {ms['p50']:.1f} ms "
                 f"| {ms['p95']:.1f} ms | {ms['p99']:.1f} ms | {ms['max']:.0f} ms | {x['worker_cpu_percent']:.0f} % "
-                f"| {x['worker_rss_bytes'] / 2**20:.0f} MiB |"
+                f"| {x['worker_rss_bytes'] / 2**20:.0f} MiB | {stall} |"
             )
         lines.append("")
+    if r.get("burst"):
+        b = r["burst"]
+        steps = " → ".join(f"{p['offered_events_per_s']:,}/s" for p in b["phases"])
+        lines += [
+            f"Burst ({steps}, {b['keys']:,} warm keys): latency of the events produced in each phase, "
+            "and the time from the end of the burst until the last event produced before it had its forecast:",
+            "",
+            "| phase | offered | seconds | events | p50 | p95 | p99 | max |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for i, p in enumerate(b["phases"]):
+            ms = p["latency_ms"]
+            lines.append(
+                f"| {i + 1} | {p['offered_events_per_s']:,}/s | {p['seconds']:g} | {p['events']:,} | {ms['p50']:.0f} ms "
+                f"| {ms['p95']:.0f} ms | {ms['p99']:.0f} ms | {ms['max']:.0f} ms |"
+            )
+        lines += [
+            "",
+            f"Drained **{b['drain_seconds']:.1f} s** after the burst ended (the producer took "
+            f"{b['producer_seconds']:.1f} s for a {b['scheduled_seconds']:.0f} s schedule); worker CPU "
+            f"{b['worker_cpu_percent']:.0f} %, RSS {b['worker_rss_bytes'] / 2**20:.0f} MiB.",
+            "",
+        ]
     if r.get("micro"):
         lines += [
             "Inference, one tick of S keys (keys/s): `step` = gather (h, c), one LSTM step, head, scatter; "

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ class BenchConfig:
     loads: tuple[int, ...] = (5_000, 20_000, 50_000)
     runtimes: tuple[str, ...] = ("confluent", "faust")  # worker runtimes measured
     faust_loads: tuple[int, ...] = (5_000, 20_000)  # offered loads for the Faust runtime
+    # the burst run: (offered events/s, seconds) phases, one after the other
+    burst: tuple[tuple[int, float], ...] = ((5_000, 10.0), (50_000, 5.0), (5_000, 20.0))
     load_keys: int = 100_000
     load_seconds: float = 10.0
     max_batch: int = 4096
@@ -67,7 +70,7 @@ class BenchConfig:
     worker_args: tuple[str, ...] = ()
     micro: bool = True
     micro_sizes: tuple[int, ...] = SIZES
-    parts: tuple[str, ...] = ("throughput", "latency", "micro")
+    parts: tuple[str, ...] = ("throughput", "latency", "burst", "micro")
     out_dir: Path = Path("bench/results")
     bootstrap: str | None = None
     redis_url: str | None = None
@@ -225,21 +228,47 @@ def throughput(
         delete_topics(bootstrap, [t_in, t_dlq, *outs.values()])
 
 
+def due_times(schedule: float | Sequence[tuple[float, float]], n: int) -> np.ndarray:
+    """When each of ``n`` events is due (seconds from the start): at a constant rate, or over
+    ``(rate, seconds)`` phases one after the other (``n`` = the phases' events)."""
+    if isinstance(schedule, int | float):
+        return np.arange(n) / float(schedule)
+    parts, start = [], 0.0
+    for rate, seconds in schedule:
+        parts.append(start + np.arange(int(rate * seconds)) / rate)
+        start += seconds
+    due = np.concatenate(parts) if parts else np.zeros(0)
+    assert len(due) == n, (len(due), n)
+    return due
+
+
 class _Paced(threading.Thread):
+    """Produces ``events`` on schedule (``due_times``); ``sent`` holds when each one went."""
+
     def __init__(
-        self, bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float
+        self,
+        bootstrap: str,
+        topic: str,
+        events: list[tuple[bytes, bytes]],
+        schedule: float | Sequence[tuple[float, float]],
     ) -> None:
         super().__init__(daemon=True)
         self.p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "compression.type": "lz4",
                            "queue.buffering.max.messages": 2_000_000})  # fmt: skip
-        self.topic, self.events, self.rate = topic, events, rate
+        self.topic, self.events = topic, events
+        self.due = due_times(schedule, len(events))
         self.seconds = 0.0
 
     def run(self) -> None:
         t0 = time.perf_counter()
-        step = max(1, int(self.rate / 1000))  # pace in 1 ms slices
-        for i in range(0, len(self.events), step):
-            for k, v in self.events[i : i + step]:
+        i, n = 0, len(self.events)
+        while i < n:
+            now = time.perf_counter() - t0
+            j = int(np.searchsorted(self.due, now, side="right"))  # every event due by now
+            if j <= i:
+                time.sleep(min(0.001, float(self.due[i]) - now))
+                continue
+            for k, v in self.events[i:j]:
                 while True:
                     try:
                         self.p.produce(self.topic, v, k)
@@ -247,9 +276,7 @@ class _Paced(threading.Thread):
                     except BufferError:
                         self.p.poll(0.001)
             self.p.poll(0)
-            ahead = (i + step) / self.rate - (time.perf_counter() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
+            i = j
         self.seconds = time.perf_counter() - t0
         self.p.flush(60)
 
@@ -319,6 +346,102 @@ def latency(
         console.print(
             f"  {runtime}: offered {rate:,}/s (achieved {res['achieved_events_per_s']:,.0f}/s), {keys:,} keys: latency p50 {ms['p50']:.1f} ms, "
             f"p95 {ms['p95']:.1f} ms, p99 {ms['p99']:.1f} ms · worker CPU {cpu:.0f} %, RSS {rss / 2**20:.0f} MiB"
+        )
+        return res
+    finally:
+        delete_topics(bootstrap, [t_in, t_out, t_dlq])
+
+
+def burst(
+    c: BenchConfig,
+    model: Path,
+    bootstrap: str,
+    redis_url: str,
+    logs: Path,
+    console: Console,
+) -> dict[str, Any]:
+    """The offered load steps through ``c.burst``'s phases (5,000 → 50,000 → 5,000 events/s by
+    default) on warm keys; per phase the latency of the events produced in it, and the time to
+    drain: from the end of the burst phase until the last event produced before it has its
+    forecast."""
+    keys = c.load_keys
+    w = Workload(**{**asdict(c.workload), "keys": keys})
+    run_id = uuid.uuid4().hex[:6]
+    t_in, t_out, t_dlq = f"burst-in-{run_id}", f"burst-out-{run_id}", f"burst-dlq-{run_id}"
+    create_topics(bootstrap, [t_in, t_out], w.partitions)
+    create_topics(bootstrap, [t_dlq], 1)
+    n = sum(int(r * s) for r, s in c.burst)
+    try:
+        prefill(bootstrap, t_in, make_events(w, keys, seed=1, every_key_once=True))
+        events = make_events(w, n, seed=5, first=keys)
+        args = _worker_args(c, model, bootstrap, redis_url, t_in, t_out, t_dlq, f"burst-{run_id}")
+        proc = systems.WorkerProcess(args, logs / "burst.log")
+        proc.wait_for("stream_lstm_forecasts_out_total", keys)
+        time.sleep(1.0)  # the warm-up's commit cycle
+        cpu0, t0 = proc.cpu_seconds(), time.perf_counter()
+        paced = _Paced(bootstrap, t_in, events, c.burst)
+        paced.start()
+        paced.join()
+        proc.wait_for("stream_lstm_forecasts_out_total", keys + n, timeout=600)
+        cpu = 100 * (proc.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+        rss = proc.rss()
+        proc.stop()
+        first_ts = make_events_first_ts(keys)
+        sent = {
+            (m.partition(), m.offset()): m.timestamp()[1]
+            for m in systems.consume_all(bootstrap, t_in)
+        }
+        import msgspec
+
+        src_ts, out_ts = [], []
+        for m in systems.consume_all(bootstrap, t_out):
+            f = msgspec.json.decode(m.value())
+            src = sent.get((f["partition"], f["offset"]))
+            if src is not None and f["offset"] >= 0 and f["ts"] >= first_ts:
+                src_ts.append(src)
+                out_ts.append(m.timestamp()[1])
+        src_a, out_a = np.asarray(src_ts, np.int64), np.asarray(out_ts, np.int64)
+        start = int(src_a.min())  # the first measured event went out at the schedule's start
+        bounds = np.cumsum([0.0, *(s for _, s in c.burst)]) * 1000 + start
+        phases: list[dict[str, Any]] = []
+        for i, (rate, seconds) in enumerate(c.burst):
+            sel = (src_a >= bounds[i]) & (src_a < bounds[i + 1])
+            lat = (out_a[sel] - src_a[sel]).astype(np.float64)
+            phases.append(
+                {
+                    "offered_events_per_s": rate,
+                    "seconds": seconds,
+                    "events": int(sel.sum()),
+                    "latency_ms": {
+                        q: float(np.percentile(lat, p)) if lat.size else float("nan")
+                        for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+                    },
+                }
+            )
+        peak = max(range(len(c.burst)), key=lambda i: c.burst[i][0])
+        end = bounds[peak + 1]
+        before = src_a < end
+        drain_s = max(0.0, float(out_a[before].max() - end) / 1000) if before.any() else 0.0
+        res: dict[str, Any] = {
+            "keys": keys,
+            "phases": phases,
+            "burst_phase": peak,
+            "drain_seconds": drain_s,
+            "producer_seconds": paced.seconds,
+            "scheduled_seconds": float(sum(s for _, s in c.burst)),
+            "worker_cpu_percent": cpu,
+            "worker_rss_bytes": rss,
+        }
+        steps = " → ".join(f"{r:,}/s" for r, _ in c.burst)
+        console.print(
+            f"  burst {steps}, {keys:,} keys: "
+            + " · ".join(
+                f"{p['offered_events_per_s']:,}/s p50 {p['latency_ms']['p50']:.0f} ms "
+                f"p99 {p['latency_ms']['p99']:.0f} ms"
+                for p in phases
+            )
+            + f" · drained {drain_s:.1f} s after the burst ended"
+            + f" (producer took {paced.seconds:.1f} s of {res['scheduled_seconds']:.0f} s)"
         )
         return res
     finally:
@@ -403,6 +526,10 @@ def run_bench(c: BenchConfig, console: Console) -> dict[str, Any]:
                 for rt in c.runtimes
                 for r in (c.faust_loads if rt == "faust" else c.loads)
             ]
+        if "burst" in c.parts and c.burst:
+            steps = " → ".join(f"{r:,}/s for {s:g} s" for r, s in c.burst)
+            console.print(f"[bold]burst[/bold]: {steps}, {c.load_keys:,} keys")
+            result["burst"] = burst(c, model, bootstrap, redis_url, logs, console)
         if "micro" in c.parts and c.micro:
             console.print("[bold]inference microbenchmark[/bold] (one tick of S keys)")
             w = c.workload

@@ -22,12 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Measure, in one run on the local stack (Apache Kafka + Redis, started on free ports "
             "unless --bootstrap and --redis are given): saturated throughput of (a) a passthrough "
             "consumer/producer, (b) a per-event baseline (Redis GET, one model call, Redis SET, "
-            "produce per event) and (c) the worker; end-to-end latency at fixed offered loads; and "
-            "an inference microbenchmark. Prints figures and writes JSON to --out; it never fails "
-            "on a timing."
+            "produce per event) and (c) the worker; end-to-end latency at fixed offered loads; "
+            "latency through a burst (5,000 → 50,000 → 5,000 events/s) with the time to drain it; "
+            "and an inference microbenchmark. Prints figures and writes JSON to --out; it never "
+            "fails on a timing."
         ),
     )
-    p.add_argument("--only", help="comma-separated parts: throughput,latency,micro (default all)")
+    p.add_argument(
+        "--only", help="comma-separated parts: throughput,latency,burst,micro (default all)"
+    )
     p.add_argument(
         "--keys",
         type=_ints,
@@ -69,6 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=(5000, 20000),
         help="offered loads for the Faust runtime's latency runs (5000,20000)",
     )
+    p.add_argument(
+        "--burst",
+        type=_phases,
+        default=((5000, 10.0), (50000, 5.0), (5000, 20.0)),
+        help="the burst run's phases, RATE:SECONDS in order (5000:10,50000:5,5000:20)",
+    )
     p.add_argument("--max-batch", type=int, default=4096, help="worker --max-batch")
     p.add_argument("--max-wait-ms", type=int, default=5, help="worker --max-wait-ms")
     p.add_argument("--threads", type=int, help="worker --threads")
@@ -100,6 +109,34 @@ def _runtimes(text: str) -> tuple[str, ...]:
     return names
 
 
+PARTS = ("throughput", "latency", "burst", "micro")
+
+
+def _phases(text: str) -> tuple[tuple[int, float], ...]:
+    try:
+        out = tuple(
+            (int(r), float(sec))
+            for r, sec in (x.strip().split(":") for x in text.split(",") if x.strip())
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: phases are RATE:SECONDS, comma-separated, e.g. 5000:10,50000:5,5000:20"
+        ) from None
+    if not out or any(r <= 0 or sec <= 0 for r, sec in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: rates and seconds must be positive")
+    return out
+
+
+def _parts(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return PARTS
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in names if x not in PARTS]
+    if bad or not names:
+        raise ConfigError(f"--only: unknown {', '.join(bad) or '(none)'}; use {','.join(PARTS)}")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from stream_lstm.benchmark.micro import SIZES
     from stream_lstm.benchmark.report import markdown
@@ -120,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         worker_args=tuple(args.worker_arg),
         micro_sizes=args.micro_sizes or SIZES,
-        parts=tuple(args.only.split(",")) if args.only else ("throughput", "latency", "micro"),
+        parts=_parts(args.only),
+        burst=args.burst,
         out_dir=args.out,
         bootstrap=args.bootstrap,
         redis_url=args.redis,

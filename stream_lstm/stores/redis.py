@@ -519,7 +519,8 @@ class RedisStateStore:
             names, counts, recs = [], [], []
             for b, part in groups:
                 names.append(self._epoch_key(b))
-                names += [self.record_key(keys[i], lay.version) for i in part]
+                prefix = f"{self.namespace}:{lay.version}:{TAGS[b]}:"  # (= record_key's)
+                names += [prefix + keys[i] for i in part]
                 counts += [len(part), self.epochs[b]]
                 recs += [x for i in part for x in (fixed_parts[i], new_rows[i])]
             args = (

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from stream_lstm.benchmark.run import BenchConfig, _worker_args
@@ -114,3 +115,23 @@ def test_summary_rows_pair_each_interval(eos: ModuleType) -> None:
     alo, eo = eos.rows(result)
     assert (alo["events_per_s"], "eos_over_alo" in alo) == (100.0, False)
     assert (eo["events_per_s"], eo["eos_over_alo"], eo["visible_p99_ms"]) == (80.0, 0.8, 1000.0)
+
+
+def test_the_burst_schedule_and_its_flag() -> None:
+    """The burst run's producer schedule: each phase's events at its own rate, back to back."""
+    from stream_lstm.benchmark.run import due_times
+    from stream_lstm.commands.bench import _parts, _phases
+
+    due = due_times([(10, 1.0), (100, 0.5), (10, 1.0)], 70)
+    assert list(due[:2]) == [0.0, 0.1] and due[9] == 0.9
+    assert due[10] == 1.0 and abs(due[11] - 1.01) < 1e-12 and due[59] < 1.5 <= due[60]
+    assert (np.diff(due) > 0).all()
+    assert list(due_times(4.0, 3)) == [0.0, 0.25, 0.5]
+    assert _phases("5000:10, 50000:5,5000:20") == ((5000, 10.0), (50000, 5.0), (5000, 20.0))
+    with pytest.raises(argparse.ArgumentTypeError, match="RATE:SECONDS"):
+        _phases("5000")
+    with pytest.raises(argparse.ArgumentTypeError, match="positive"):
+        _phases("0:5")
+    assert _parts("burst,micro") == ("burst", "micro")
+    with pytest.raises(ConfigError, match="unknown latncy"):
+        _parts("latncy")
