@@ -204,7 +204,8 @@ def main() -> int:
         pmodel = make_model(pw, logs / "model")  # the same artifact (same size and seed)
         result["parity"] = parity(pw, pmodel, boot, redis, a.device, a.parity_events, logs)
         print(f"  {result['parity']}", flush=True)
-        print(f"[3/3] worker throughput, --device {a.device} next to --device cpu", flush=True)
+        other = "next to --device cpu" if a.device != "cpu" else "(a rehearsal: CPU only)"
+        print(f"[3/3] worker throughput, --device {a.device} {other}", flush=True)
         result["throughput"] = throughput(w, model, boot, redis, a.device, a.events, a.rounds, logs)
     finally:
         stack.kafka.stop()

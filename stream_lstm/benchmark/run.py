@@ -305,7 +305,10 @@ def latency(
         args += ["--runtime", runtime]
         proc = systems.WorkerProcess(args, logs / f"latency-{runtime}-{rate}.log")
         proc.wait_for("stream_lstm_forecasts_out_total", keys)
-        time.sleep(1.0)  # the warm-up's commit cycle
+        # the warm-up's states written (a first write of every key takes seconds here): the
+        # measured load starts on a worker in its steady state, not behind that write
+        proc.wait_for("stream_lstm_state_writes_total", keys, timeout=300)
+        time.sleep(1.0)
         rss_warm = proc.rss()
         cpu0, t0 = proc.cpu_seconds(), time.perf_counter()
         paced = _Paced(bootstrap, t_in, events, rate)
@@ -377,7 +380,10 @@ def burst(
         args = _worker_args(c, model, bootstrap, redis_url, t_in, t_out, t_dlq, f"burst-{run_id}")
         proc = systems.WorkerProcess(args, logs / "burst.log")
         proc.wait_for("stream_lstm_forecasts_out_total", keys)
-        time.sleep(1.0)  # the warm-up's commit cycle
+        # the warm-up's states written (a first write of every key takes seconds here): the
+        # measured load starts on a worker in its steady state, not behind that write
+        proc.wait_for("stream_lstm_state_writes_total", keys, timeout=300)
+        time.sleep(1.0)
         cpu0, t0 = proc.cpu_seconds(), time.perf_counter()
         paced = _Paced(bootstrap, t_in, events, c.burst)
         paced.start()

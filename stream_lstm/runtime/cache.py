@@ -85,6 +85,9 @@ class StateCache:
         self._lock = threading.Lock()
         self._open: dict[int, Snapshot] = {}
         self._last_id = 0
+        # a written snapshot's buffer, kept for the next one (its pages are already mapped)
+        self._spare: np.ndarray | None = None
+        self._spare_lock = threading.Lock()
         self._alloc(capacity)
 
     def _alloc(self, cap: int) -> None:
@@ -290,7 +293,9 @@ class StateCache:
             log, self._log = self._log, []
         else:
             log = self._take_log(slots)
-        snap = Snapshot(lay, self.slot_keys[slots], slots, hdr, log)
+        snap = Snapshot(
+            lay, self.slot_keys[slots], slots, hdr, log, alloc=self._buffer, recycle=self._keep
+        )
         if n and (lay.layers or self.score is not None):
             with self._lock:
                 self._preserve(slots)  # rows still owed to an earlier snapshot go there first
@@ -299,6 +304,22 @@ class StateCache:
                 self._open[sid] = snap
             snap.fill = functools.partial(self._complete, sid)
         return snap
+
+    def _buffer(self, n: int) -> np.ndarray:
+        """A snapshot buffer of at least ``n`` records: the spare when it fits and is not much
+        larger (a first cycle's, when every key was new, is let go), else a new one."""
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        dt = self.layout.fixed_dtype
+        if spare is not None and spare.dtype == dt and n <= len(spare) <= 2 * n + 1024:
+            return spare
+        return np.empty(n + n // 8, dt)  # (room for the next cycles' variation)
+
+    def _keep(self, buf: np.ndarray) -> None:
+        base = buf.base if isinstance(buf.base, np.ndarray) and buf.base.ndim == 1 else buf
+        with self._spare_lock:
+            if self._spare is None or len(base) > len(self._spare):
+                self._spare = base
 
     def preserve(self, slots: np.ndarray) -> None:
         """Before the rows of ``slots`` change: those still owed to an open snapshot are copied

@@ -287,6 +287,7 @@ class CommitCycle:
         job.snapshot.complete()  # the rows still owed (copy-on-write: runtime/cache.py)
         e.metrics.stage_seconds.labels("snapshot_rows").observe(time.monotonic() - t0)
         res: SaveResult = e.retry(lambda: e.store.save(job.snapshot))
+        job.snapshot.release()  # its buffer serves a later snapshot
         if (took := time.monotonic() - t0) > SLOW_SAVE_S:
             log.warning(
                 "writing %d state(s) took %.1f s (Redis slow or paused?): offsets wait for it",

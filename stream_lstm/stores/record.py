@@ -317,7 +317,12 @@ class Snapshot:
     header: np.ndarray  # [n] HEADER
     log: list[LogChunk]  # rows of these slots only
     fill: Callable[[Snapshot], None] | None = None  # copies the rows still owed into `fixed`
+    # buffers: where `fixed` comes from (n → an array of at least n records) and goes back to
+    # once the snapshot is written (`release`); None: a fresh one, left to the garbage collector
+    alloc: Callable[[int], np.ndarray] | None = None
+    recycle: Callable[[np.ndarray], None] | None = None
     _fixed: np.ndarray | None = None
+    _released: bool = False
     _keys: list[str] | None = None
     _rows: bytes = b""
     _bounds: np.ndarray | None = None
@@ -339,12 +344,22 @@ class Snapshot:
         ``c`` and the score block once ``fill`` has copied them (:meth:`complete`). Allocated
         on first use, so its pages are touched off the hot loop."""
         if self._fixed is None:
+            if self._released:
+                raise RuntimeError("this snapshot was written and its buffer released")
             n = len(self.slots)
-            f = np.empty(n, self.layout.fixed_dtype)
+            dt = self.layout.fixed_dtype
+            f = np.empty(n, dt) if self.alloc is None else self.alloc(n)[:n].view(dt)
             u8 = f.view(np.uint8).reshape(n, f.dtype.itemsize)
             u8[:, : HEADER.itemsize] = self.header.view(np.uint8).reshape(n, HEADER.itemsize)
             self._fixed = f
         return self._fixed
+
+    def release(self) -> None:
+        """Written: the buffer goes back for a later snapshot (its bytes are copied out)."""
+        self.blobs()  # (built, if nobody asked yet: they are what stays readable)
+        if self._fixed is not None and self.recycle is not None:
+            self.recycle(self._fixed)
+        self._fixed, self._released = None, True
 
     def complete(self) -> None:
         """Copy in the rows still owed (once; a no-op after that)."""

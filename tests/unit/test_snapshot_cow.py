@@ -143,3 +143,26 @@ def test_the_writer_thread_copies_while_the_hot_loop_ticks() -> None:
         tick(c, np.unique(rng.choice(slots, 200)), -1.0)
     t.join()
     assert got == expected
+
+
+def test_a_written_snapshot_lends_its_buffer_to_the_next() -> None:
+    c = cache(capacity=64)
+    slots = c.allocate([f"k{i}" for i in range(40)], [0] * 40)
+    tick(c, slots, 1.0)
+    first = c.snapshot(c.dirty_slots())
+    c.dirty[:] = False
+    before = stored(first)
+    buf = first.fixed.base
+    first.release()
+    assert stored(first) == before, "its bytes stay readable"
+    with pytest.raises(RuntimeError, match="released"):
+        _ = first.fixed
+    tick(c, slots[:30], 2.0)
+    second = c.snapshot(c.dirty_slots())
+    c.dirty[:] = False
+    assert second.fixed.base is buf, "the same pages, not a new buffer"
+    assert stored(second) == {f"k{i}": (2.0, -2.0, 2.0, 1) for i in range(30)}
+    second.release()
+    tick(c, slots[:2], 3.0)
+    small = c.snapshot(c.dirty_slots())
+    assert stored(small) == {"k0": (3.0, -3.0, 3.0, 2), "k1": (3.0, -3.0, 3.0, 2)}
