@@ -47,6 +47,22 @@ def markdown(r: dict[str, Any]) -> str:
                         f"| {t['cluster_over_single_node']:.2f} |"
                     )
             lines.append("")
+        if any("worker (exactly-once)" in t["median_events_per_s"] for t in r["throughput"]):
+            lines += [
+                "The same worker with `--processing-guarantee exactly-once` (one Kafka transaction "
+                "per commit cycle), measured in the same rounds:",
+                "",
+                "| keys | worker, at-least-once | worker, exactly-once | exactly-once / at-least-once |",
+                "|---:|---:|---:|---:|",
+            ]
+            for t in r["throughput"]:
+                med = t["median_events_per_s"]
+                if "worker (exactly-once)" in med:
+                    lines.append(
+                        f"| {t['keys']:,} | {med['worker']:,.0f} | {med['worker (exactly-once)']:,.0f} "
+                        f"| {t['exactly_once_over_at_least_once']:.2f} |"
+                    )
+            lines.append("")
         if any("faust worker" in t["median_events_per_s"] for t in r["throughput"]):
             lines += [
                 "The Faust runtime (`--runtime faust`, same engine, measured in the same rounds):",

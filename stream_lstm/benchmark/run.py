@@ -67,6 +67,8 @@ class BenchConfig:
     # 3-master + 3-replica cluster for the run, a URL uses a running one, None skips it
     redis_cluster: str | None = "local"
     cluster_url: str | None = None  # (set by run_bench)
+    # the worker again with --processing-guarantee exactly-once, in the same rounds
+    exactly_once: bool = True
     worker_args: tuple[str, ...] = ()
     micro: bool = True
     micro_sizes: tuple[int, ...] = SIZES
@@ -161,6 +163,8 @@ def throughput(
         }
         if c.cluster_url:
             runs["worker (Redis Cluster)"] = []
+        if c.exactly_once:
+            runs["worker (exactly-once)"] = []
         if "faust" in c.runtimes:
             runs["faust worker"] = []
         for r in range(c.rounds):
@@ -182,6 +186,19 @@ def throughput(
                 proc.stop()
                 runs["worker (Redis Cluster)"].append(cr)
                 on_cluster = f" · on the cluster {cr.rate:,.0f}/s"
+            eo = ""
+            if c.exactly_once:
+                args = _worker_args(
+                    c, model, bootstrap, redis_url, t_in, outs["worker"], t_dlq, f"{group}-eo"
+                )
+                args += ["--processing-guarantee", "exactly-once",
+                         "--transactional-id", f"{group}-eo", "--namespace", f"{group}-eo"]  # fmt: skip
+                er, proc = systems.worker_run(
+                    args, logs / f"exactly-once-{keys}-{r}.log", keys, c.events
+                )
+                proc.stop()
+                runs["worker (exactly-once)"].append(er)
+                eo = f" · exactly-once {er.rate:,.0f}/s"
             faust = ""
             if "faust" in c.runtimes:
                 args = _worker_args(
@@ -200,7 +217,7 @@ def throughput(
             console.print(
                 f"  round {r + 1}: passthrough {p.rate:,.0f}/s · worker {wr.rate:,.0f}/s "
                 f"(CPU {wr.extra['cpu_percent']:.0f} %, RSS {wr.extra['rss_bytes'] / 2**20:.0f} MiB)"
-                f"{on_cluster} · per-event baseline {b.rate:,.0f}/s{faust}"
+                f"{on_cluster}{eo} · per-event baseline {b.rate:,.0f}/s{faust}"
             )
         med = {k: statistics.median(x.rate for x in v) for k, v in runs.items()}
         faust_ratios = {}
@@ -212,6 +229,10 @@ def throughput(
             }
         if c.cluster_url:
             faust_ratios["cluster_over_single_node"] = med["worker (Redis Cluster)"] / med["worker"]
+        if c.exactly_once:
+            faust_ratios["exactly_once_over_at_least_once"] = (
+                med["worker (exactly-once)"] / med["worker"]
+            )
         return faust_ratios | {
             "keys": keys,
             "measured_events": c.events,

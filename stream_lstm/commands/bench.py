@@ -98,6 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default) starts a 3-master + 3-replica cluster for the run, a URL uses a running one, "
         "`none` skips it",
     )
+    p.add_argument(
+        "--exactly-once",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the worker again with --processing-guarantee exactly-once in the throughput "
+        "rounds (default on)",
+    )
     p.set_defaults(run=run)
 
 
@@ -159,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         micro_sizes=args.micro_sizes or SIZES,
         parts=_parts(args.only),
         burst=args.burst,
+        exactly_once=args.exactly_once,
         out_dir=args.out,
         bootstrap=args.bootstrap,
         redis_url=args.redis,
