@@ -69,7 +69,7 @@ test-integration: $(STAMP) system-deps ## integration tests only (real Kafka + R
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: $(STAMP) system-deps ## the benchmark suite on a local stack it starts (~15 min); JSON in bench/results, see docs/benchmarks.md
+bench: $(STAMP) system-deps ## the benchmark suite on a local stack it starts (30-60 min on 2 cores); JSON in bench/results, see docs/benchmarks.md
 	$(SL) bench --out bench/results
 
 # The examples' own environment (docs/api.md#examples): the built wheel plus

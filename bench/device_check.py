@@ -17,33 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-import numpy as np
-import pandas as pd
-import torch
-
-import stream_lstm as sl
-from stream_lstm.benchmark import systems
-from stream_lstm.benchmark.micro import SIZES, micro_bench, resident_bench
-from stream_lstm.benchmark.run import machine
-from stream_lstm.benchmark.workload import (
-    Workload,
-    create_topics,
-    delete_topics,
-    make_events,
-    make_model,
-    prefill,
-)
-from stream_lstm.config import default_cache_dir
-from stream_lstm.stack import Stack
-from stream_lstm.stack.procs import free_port
+if TYPE_CHECKING:
+    from stream_lstm.benchmark.workload import Workload
 
 RTOL, ATOL = 2e-3, 2e-3  # forecasts in original units; TF32 in cuDNN's LSTM is ~1e-3 relative
 
@@ -63,6 +46,14 @@ def parity(
     w: Workload, model: Path, boot: str, redis: str, device: str, n: int, logs: Path
 ) -> dict[str, Any]:
     """Worker on ``device`` vs ``Model.predict`` on CPU, every forecast compared."""
+    import msgspec
+    import numpy as np
+    import pandas as pd
+
+    import stream_lstm as sl
+    from stream_lstm.benchmark import systems
+    from stream_lstm.benchmark.workload import create_topics, delete_topics, make_events, prefill
+
     run = uuid.uuid4().hex[:6]
     t_in, t_out = f"dc-par-in-{run}", f"dc-par-out-{run}"
     create_topics(boot, [t_in, t_out, f"{t_in}-dlq"], w.partitions)
@@ -119,6 +110,11 @@ def throughput(
     logs: Path,
 ) -> dict[str, Any]:
     """The worker on ``device`` and on CPU, alternating, on one pre-filled topic."""
+    import numpy as np
+
+    from stream_lstm.benchmark import systems
+    from stream_lstm.benchmark.workload import create_topics, delete_topics, make_events, prefill
+
     run = uuid.uuid4().hex[:6]
     t_in, t_out = f"dc-tp-in-{run}", f"dc-tp-out-{run}"
     create_topics(boot, [t_in, t_out, f"{t_in}-dlq"], w.partitions)
@@ -153,10 +149,21 @@ def main() -> int:
     p.add_argument("--keys", type=int, default=20_000, help="keys in the throughput runs")
     p.add_argument("--events", type=int, default=200_000, help="measured events per throughput run")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--micro-sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--micro-sizes", default="1,4,16,64,256,1024,4096,16384,65536")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--tag", default="")
     a = p.parse_args()
+    if a.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", a.device):
+        p.error(f"--device {a.device}: use cuda, cuda:N or cpu")
+    import torch  # (after the arguments: --help and a bad flag answer at once)
+
+    from stream_lstm.benchmark.micro import micro_bench, resident_bench
+    from stream_lstm.benchmark.run import machine
+    from stream_lstm.benchmark.workload import Workload, make_model
+    from stream_lstm.config import default_cache_dir
+    from stream_lstm.stack import Stack
+    from stream_lstm.stack.procs import free_port
+
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print("device-check: no CUDA device here (torch.cuda.is_available() is False); "
               "--device cpu rehearses the script on CPU", file=sys.stderr)  # fmt: skip

@@ -69,6 +69,11 @@ class BenchConfig:
     cluster_url: str | None = None  # (set by run_bench)
     # the worker again with --processing-guarantee exactly-once, in the same rounds
     exactly_once: bool = True
+    # Redis URLs of servers this run started (its own stack and cluster, set by run_bench): their
+    # data is flushed before each run, so that earlier runs' states (gigabytes at 100,000 keys)
+    # and their append-only rewrites do not weigh on later runs. Servers given with --redis are
+    # never flushed.
+    own_redis: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
     micro: bool = True
     micro_sizes: tuple[int, ...] = SIZES
@@ -123,6 +128,20 @@ def _worker_args(
     return args + list(c.worker_args)
 
 
+def fresh_state(c: BenchConfig) -> None:
+    """Empty the Redis servers this run started (``c.own_redis``; replicas refuse and follow)."""
+    import redis
+
+    for url in c.own_redis:
+        r = redis.Redis.from_url(url)
+        try:
+            r.flushall()
+        except redis.ResponseError:
+            pass  # a replica: its master's flush reaches it
+        finally:
+            r.close()
+
+
 def _watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     c = Consumer(reader_options({"bootstrap.servers": bootstrap, "group.id": "bench-wm"}))
     try:
@@ -168,6 +187,7 @@ def throughput(
         if "faust" in c.runtimes:
             runs["faust worker"] = []
         for r in range(c.rounds):
+            fresh_state(c)
             p = systems.passthrough(bootstrap, t_in, outs["pass"], start, c.events, c.max_batch)
             runs["passthrough"].append(p)
             group = f"bench-{run_id}-{r}"
@@ -319,6 +339,7 @@ def latency(
     create_topics(bootstrap, [t_in, t_out], w.partitions)
     create_topics(bootstrap, [t_dlq], 1)
     n = int(rate * c.load_seconds)
+    fresh_state(c)
     try:
         prefill(bootstrap, t_in, make_events(w, keys, seed=1, every_key_once=True))
         events = make_events(w, n, seed=3, first=keys)
@@ -395,6 +416,7 @@ def burst(
     create_topics(bootstrap, [t_in, t_out], w.partitions)
     create_topics(bootstrap, [t_dlq], 1)
     n = sum(int(r * s) for r, s in c.burst)
+    fresh_state(c)
     try:
         prefill(bootstrap, t_in, make_events(w, keys, seed=1, every_key_once=True))
         events = make_events(w, n, seed=5, first=keys)
@@ -517,6 +539,7 @@ def run_bench(c: BenchConfig, console: Console) -> dict[str, Any]:
         stack.redis.start()
         stack.kafka.start()
         bootstrap, redis_url = stack.bootstrap, stack.redis_url
+        c.own_redis += (redis_url,)
     cluster = None
     if c.redis_cluster == "local" and "throughput" in c.parts:
         ports = free_ports(12)
@@ -528,6 +551,8 @@ def run_bench(c: BenchConfig, console: Console) -> dict[str, Any]:
         console.print("starting a local Redis Cluster (3 masters + 3 replicas) …")
         cluster.start()
         c.cluster_url = cluster.spec.url
+        spec = cluster.spec
+        c.own_redis += tuple(f"redis://{spec.host}:{p}/0" for p in spec.ports)
     elif c.redis_cluster:
         c.cluster_url = c.redis_cluster
     result: dict[str, Any] = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -174,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         tag=args.tag,
     )
     console = Console()
+    # a SIGTERM ends the run as Ctrl-C does: the stack and cluster it started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run_bench(c, console)
     console.print(markdown(result))
     console.print(f"results: {result['written']} (worker logs in {result['logs']})")
