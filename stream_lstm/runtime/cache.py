@@ -324,7 +324,9 @@ class StateCache:
     def preserve(self, slots: np.ndarray) -> None:
         """Before the rows of ``slots`` change: those still owed to an open snapshot are copied
         into it first (the tick's only part in a snapshot; usually there is nothing to do)."""
-        if self._open:
+        # (only this thread marks rows owed, the writer only clears them: rows read as not
+        # owed here are not, so the lock is taken only when a row may still be owed)
+        if self._open and self.owed[slots].any():
             with self._lock:
                 self._preserve(slots)
 
