@@ -30,39 +30,18 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {t['worker_rss_bytes_max'] / 2**20:.0f} MiB |"
             )
         lines.append("")
-        if any("worker (Redis Cluster)" in t["median_events_per_s"] for t in r["throughput"]):
-            lines += [
-                "The same worker with its state on a local Redis Cluster (3 masters + 3 replicas, "
-                "each commit cycle waiting for 1 replica), measured in the same rounds:",
-                "",
-                "| keys | worker, one Redis node | worker, Redis Cluster | cluster / one node |",
-                "|---:|---:|---:|---:|",
-            ]
-            for t in r["throughput"]:
-                med = t["median_events_per_s"]
-                if "worker (Redis Cluster)" in med:
-                    lines.append(
-                        f"| {t['keys']:,} | {med['worker']:,.0f} "
-                        f"| {med['worker (Redis Cluster)']:,.0f} "
-                        f"| {t['cluster_over_single_node']:.2f} |"
-                    )
-            lines.append("")
-        if any("worker (exactly-once)" in t["median_events_per_s"] for t in r["throughput"]):
-            lines += [
-                "The same worker with `--processing-guarantee exactly-once` (one Kafka transaction "
-                "per commit cycle), measured in the same rounds:",
-                "",
-                "| keys | worker, at-least-once | worker, exactly-once | exactly-once / at-least-once |",
-                "|---:|---:|---:|---:|",
-            ]
-            for t in r["throughput"]:
-                med = t["median_events_per_s"]
-                if "worker (exactly-once)" in med:
-                    lines.append(
-                        f"| {t['keys']:,} | {med['worker']:,.0f} | {med['worker (exactly-once)']:,.0f} "
-                        f"| {t['exactly_once_over_at_least_once']:.2f} |"
-                    )
-            lines.append("")
+        lines += _variant(
+            r["throughput"], "worker (Redis Cluster)", "cluster_over_single_node",
+            "The same worker with its state on a local Redis Cluster (3 masters + 3 replicas, "
+            "each commit cycle waiting for 1 replica), measured in the same rounds:",
+            ("worker, one Redis node", "worker, Redis Cluster", "cluster / one node"),
+        )  # fmt: skip
+        lines += _variant(
+            r["throughput"], "worker (exactly-once)", "exactly_once_over_at_least_once",
+            "The same worker with `--processing-guarantee exactly-once` (one Kafka transaction "
+            "per commit cycle), measured in the same rounds:",
+            ("worker, at-least-once", "worker, exactly-once", "exactly-once / at-least-once"),
+        )  # fmt: skip
         if any("faust worker" in t["median_events_per_s"] for t in r["throughput"]):
             lines += [
                 "The Faust runtime (`--runtime faust`, same engine, measured in the same rounds):",
@@ -137,3 +116,18 @@ def markdown(r: dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _variant(
+    rows: list[dict[str, Any]], name: str, ratio: str, intro: str, heads: tuple[str, str, str]
+) -> list[str]:
+    """A table of the worker next to one of its variants measured in the same rounds (none when
+    the run did not measure it)."""
+    rows = [t for t in rows if name in t["median_events_per_s"]]
+    if not rows:
+        return []
+    out = [intro, "", f"| keys | {' | '.join(heads)} |", "|---:|---:|---:|---:|"]
+    for t in rows:
+        med = t["median_events_per_s"]
+        out.append(f"| {t['keys']:,} | {med['worker']:,.0f} | {med[name]:,.0f} | {t[ratio]:.2f} |")
+    return [*out, ""]

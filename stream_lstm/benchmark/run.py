@@ -361,17 +361,8 @@ def latency(
         rss = proc.rss()
         stages = proc.stages()
         proc.stop()
-        ins = systems.consume_all(bootstrap, t_in)
-        sent = {(m.partition(), m.offset()): m.timestamp()[1] for m in ins}
-        lat = []
-        import msgspec
-
-        for m in systems.consume_all(bootstrap, t_out):
-            f = msgspec.json.decode(m.value())
-            src = sent.get((f["partition"], f["offset"]))
-            if src is not None and f["offset"] >= 0 and f["ts"] >= make_events_first_ts(keys):
-                lat.append(m.timestamp()[1] - src)
-        arr = np.asarray(lat, dtype=np.float64)
+        src_a, out_a = forecast_times(bootstrap, t_in, t_out, keys)
+        arr = (out_a - src_a).astype(np.float64)
         res: dict[str, Any] = {
             "runtime": runtime,
             "offered_events_per_s": rate,
@@ -435,21 +426,7 @@ def burst(
         cpu = 100 * (proc.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
         rss = proc.rss()
         proc.stop()
-        first_ts = make_events_first_ts(keys)
-        sent = {
-            (m.partition(), m.offset()): m.timestamp()[1]
-            for m in systems.consume_all(bootstrap, t_in)
-        }
-        import msgspec
-
-        src_ts, out_ts = [], []
-        for m in systems.consume_all(bootstrap, t_out):
-            f = msgspec.json.decode(m.value())
-            src = sent.get((f["partition"], f["offset"]))
-            if src is not None and f["offset"] >= 0 and f["ts"] >= first_ts:
-                src_ts.append(src)
-                out_ts.append(m.timestamp()[1])
-        src_a, out_a = np.asarray(src_ts, np.int64), np.asarray(out_ts, np.int64)
+        src_a, out_a = forecast_times(bootstrap, t_in, t_out, keys)
         start = int(src_a.min())  # the first measured event went out at the schedule's start
         bounds = np.cumsum([0.0, *(s for _, s in c.burst)]) * 1000 + start
         phases: list[dict[str, Any]] = []
@@ -495,6 +472,27 @@ def burst(
         return res
     finally:
         delete_topics(bootstrap, [t_in, t_out, t_dlq])
+
+
+def forecast_times(
+    bootstrap: str, t_in: str, t_out: str, keys: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every measured event (after the warm-up section) that has its forecast: the input
+    message's timestamp and the forecast message's, in ms."""
+    import msgspec
+
+    sent = {
+        (m.partition(), m.offset()): m.timestamp()[1] for m in systems.consume_all(bootstrap, t_in)
+    }
+    first_ts = make_events_first_ts(keys)
+    src_ts, out_ts = [], []
+    for m in systems.consume_all(bootstrap, t_out):
+        f = msgspec.json.decode(m.value())
+        src = sent.get((f["partition"], f["offset"]))
+        if src is not None and f["offset"] >= 0 and f["ts"] >= first_ts:
+            src_ts.append(src)
+            out_ts.append(m.timestamp()[1])
+    return np.asarray(src_ts, np.int64), np.asarray(out_ts, np.int64)
 
 
 def make_events_first_ts(keys: int) -> int:
