@@ -8,7 +8,7 @@ import redis
 from stream_lstm.runtime.cache import StateCache
 from stream_lstm.stores.memory import MemoryStore
 from stream_lstm.stores.record import Layout
-from stream_lstm.stores.redis import RedisStateStore
+from stream_lstm.stores.redis import RedisStateStore, bucket_of
 from tests.integration.conftest import Services, unique
 from tests.unit.test_state import feed
 
@@ -48,4 +48,41 @@ def test_delta_writes_match_the_reference_and_refuse_older_offsets(services: Ser
     res = store.save(zombie.snapshot(np.asarray([z])))
     assert res.refused == ["k0"] and res.written == 0
     assert client.get(store.record_key("k0")) == ref.record("k0")
+    client.close()
+
+
+def test_a_wiped_bucket_is_skipped_and_the_other_records_of_its_call_land_whole(
+    services: Services,
+) -> None:
+    """One script call carries several buckets (one node): the records after a bucket whose
+    epoch marker is gone get their own fixed parts and rows, not their neighbours'."""
+    ns = unique("ns")
+    store = RedisStateStore(services.redis_url, ns, LAY, ttl_ms=60_000, chunk=64)
+    store.connect()
+    ref = MemoryStore(LAY)
+    c = StateCache(LAY, np.zeros((2, 8)), np.zeros((2, 8)), keep_windows=False, capacity=16)
+    keys = [f"w{i}" for i in range(12)]
+    slots = c.allocate(keys, [0] * 12)
+    feed(c, slots, 2, t0=0)
+    snap = c.snapshot(c.dirty_slots())
+    c.dirty[:] = False
+    assert store.save(snap).written == 12
+    ref.save(snap)
+    gone = min(bucket_of(k) for k in keys)  # the first group of the call
+    hit = [k for k in keys if bucket_of(k) == gone]
+    before = {k: ref.record(k) for k in hit}
+    client = redis.Redis.from_url(services.redis_url)
+    client.delete(f"{ns}:epoch:{{s{gone}}}")
+    for i, s in enumerate(slots):  # 1 to 4 new rows a key
+        feed(c, slots[i : i + 1], 1 + i % 4, t0=1000 + 10 * i)
+        c.h[s] = i
+    snap = c.snapshot(c.dirty_slots())
+    c.dirty[:] = False
+    res = store.save(snap)
+    assert res.wiped
+    assert res.written == len(keys) - len(hit)
+    ref.save(snap)
+    for k in keys:
+        want = before[k] if k in hit else ref.record(k)
+        assert client.get(store.record_key(k)) == want, k
     client.close()
