@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -153,6 +154,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--tag", default="")
     a = p.parse_args()
+    # a SIGTERM (timeout, kill) ends the run as Ctrl-C does: the servers it started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", a.device):
         p.error(f"--device {a.device}: use cuda, cuda:N or cpu")
     import torch  # (after the arguments: --help and a bad flag answer at once)

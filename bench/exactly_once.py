@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -459,6 +460,8 @@ def _stack(a: argparse.Namespace, logs: Path, console: Console) -> _Started:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    # a SIGTERM (timeout, kill) ends the run as Ctrl-C does: the servers it started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     console = Console()
     logs = Path(tempfile.mkdtemp(prefix="stream-lstm-bench-eos-"))
     a.out.mkdir(parents=True, exist_ok=True)

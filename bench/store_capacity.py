@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -588,6 +589,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", default="", help="appended to the JSON file's name")
     args = ap.parse_args()
+    # a SIGTERM (timeout, kill) ends the run as Ctrl-C does: the servers it started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = QUICK if args.quick else FULL
     plan = Plan(**{**plan.__dict__, "repeats": args.repeats})
     console = Console()

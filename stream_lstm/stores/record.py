@@ -324,8 +324,8 @@ class Snapshot:
     _fixed: np.ndarray | None = None
     _released: bool = False
     _keys: list[str] | None = None
-    _rows: np.ndarray | None = None  # Layout.row_dtype: each key's new rows, in key order
-    _bounds: np.ndarray | None = None  # [n + 1] key i's rows are _rows[_bounds[i]:_bounds[i + 1]]
+    _rows: bytes = b""
+    _bounds: np.ndarray | None = None
     _blobs: tuple[list[bytes], list[bytes]] | None = None
 
     def __len__(self) -> int:
@@ -355,7 +355,8 @@ class Snapshot:
         return self._fixed
 
     def release(self) -> None:
-        """Written: the buffer goes back for a later snapshot; the snapshot is not read again."""
+        """Written: the buffer goes back for a later snapshot (its bytes are copied out)."""
+        self.blobs()  # (built, if nobody asked yet: they are what stays readable)
         if self._fixed is not None and self.recycle is not None:
             self.recycle(self._fixed)
         self._fixed, self._released = None, True
@@ -366,21 +367,9 @@ class Snapshot:
             fill, self.fill = self.fill, None
             fill(self)
 
-    def packed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The whole snapshot as arrays (what the Redis store sends, without a per-key copy):
-        ``fixed`` ``[n]``, the new ring rows (``Layout.row_dtype``, each key's together, in key
-        order) and ``bounds`` ``[n + 1]`` (key ``i``'s rows are ``rows[bounds[i]:bounds[i+1]]``).
-        """
-        if self._rows is None or self._bounds is None:
-            self._prepare()
-        assert self._rows is not None
-        assert self._bounds is not None
-        return self.fixed, self._rows, self._bounds
-
     def _prepare(self) -> None:
         self.complete()
-        n = len(self.slots)
-        self._rows = np.empty(0, self.layout.row_dtype)
+        n = len(self.keys)
         self._bounds = np.zeros(n + 1, np.int64)
         if not self.log:
             return
@@ -392,19 +381,23 @@ class Snapshot:
         s, p, v, t = s[last], p[last], v[last], t[last]
         packed = np.empty(len(s), dtype=self.layout.row_dtype)
         packed["pos"], packed["v"], packed["ts"] = p, v, t
-        self._rows = packed
+        self._rows = packed.tobytes()
         # s holds only these slots, sorted: slot i's rows end where slot i + 1's begin
-        self._bounds = np.r_[0, np.searchsorted(s, self.slots, side="right")]
+        self._bounds = (
+            np.r_[0, np.searchsorted(s, self.slots, side="right")] * packed.dtype.itemsize
+        )
 
     def blobs(self) -> tuple[list[bytes], list[bytes]]:
-        """Per key: the fixed part and the packed new rows (built once, on first use; the
-        in-memory store and tests read these)."""
+        """Per key: the fixed part and the packed new rows (built once, on first use)."""
+        if self._bounds is None:
+            self._prepare()
+        assert self._bounds is not None
         if self._blobs is None:
-            fx, rows, bounds = self.packed()
+            fx = self.fixed
             f, raw = fx.dtype.itemsize, fx.tobytes()
-            fixed = [raw[i * f : (i + 1) * f] for i in range(len(self.slots))]
-            rb, b = rows.tobytes(), (bounds * rows.dtype.itemsize).tolist()
-            self._blobs = (fixed, [rb[x:y] for x, y in itertools.pairwise(b)])
+            fixed = [raw[i * f : (i + 1) * f] for i in range(len(self.keys))]
+            rows, b = self._rows, self._bounds.tolist()
+            self._blobs = (fixed, [rows[x:y] for x, y in itertools.pairwise(b)])
         return self._blobs
 
     def items(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, bytes, bytes]]:

@@ -48,7 +48,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import redis
 import redis.sentinel
 from redis.crc import key_slot
@@ -88,10 +87,7 @@ def bucket_of(key: str) -> int:
 # KEYS: per group of records (one bucket, or on one node several), the bucket's epoch marker and
 # then the group's record keys. ARGV: TTL ms (0 = none), record size, fixed-part size, bytes of
 # a ring row, the number of groups G; per group its record count and the epoch this worker knows;
-# then three blobs for all the call's records, in KEYS order: their fixed parts (header, h, c,
-# score block; fixed-part size each), their counts of new ring rows (u16 each) and those rows
-# (each a u16 position and the row). Three arguments, not two per record: the caller packs them
-# from arrays, with no per-record work in the interpreter.
+# then per record the fixed part (header, h, c) and the new ring rows, each (u16 position, row).
 # A group whose marker is not the epoch given is not written (the store was wiped: the caller
 # finds out and rewrites every key it holds in full). Per record, the rule of
 # stores.record.write_refused: same partition and topic → refused when the stored offset is
@@ -102,27 +98,20 @@ WRITE_IF_NOT_OLDER = f"""
 local ttl, size, fixed, rb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
 local ng = tonumber(ARGV[5])
-local fx, cnt, rows = ARGV[6 + 2 * ng], ARGV[7 + 2 * ng], ARGV[8 + 2 * ng]
 local hdr, v3, z16 = {HEADER.itemsize}, {HEADER_V3.itemsize}, string.rep('\\0', 16)
 local written, refused, wiped = 0, {{}}, {{}}
-local ki, ri, ro = 1, 0, 1
+local ki, ai, ri = 1, 6 + 2 * ng, 0
 for g = 1, ng do
   local n = tonumber(ARGV[4 + 2 * g])
   local ekey = KEYS[ki]
   ki = ki + 1
   if redis.call('GET', ekey) ~= ARGV[5 + 2 * g] then
     wiped[#wiped + 1] = g
-    for _ = 1, n do
-      ri = ri + 1
-      ro = ro + struct.unpack('<I2', cnt, 2 * ri - 1) * (2 + rb)
-    end
-    ki = ki + n
+    ki, ai, ri = ki + n, ai + 2 * n, ri + n
   else
     for _ = 1, n do
-      ri = ri + 1
-      local k, head = KEYS[ki], string.sub(fx, (ri - 1) * fixed + 1, ri * fixed)
-      local o, nr = ro, struct.unpack('<I2', cnt, 2 * ri - 1)
-      ki, ro = ki + 1, ro + nr * (2 + rb)
+      local k, head, rows = KEYS[ki], ARGV[ai], ARGV[ai + 1]
+      ki, ai, ri = ki + 1, ai + 2, ri + 1
       local cur = redis.call('GETRANGE', k, 0, hdr - 1)
       local len = #cur
       if len > 0 then len = redis.call('STRLEN', k) end
@@ -153,7 +142,8 @@ for g = 1, ng do
           redis.call('SET', k, string.rep('\\0', size))
         end
         redis.call('SETRANGE', k, 0, head)
-        for _ = 1, nr do
+        local o = 1
+        while o < #rows do
           local pos = struct.unpack('<I2', rows, o)
           redis.call('SETRANGE', k, fixed + pos * rb, string.sub(rows, o + 2, o + 1 + rb))
           o = o + 2 + rb
@@ -416,15 +406,14 @@ class RedisStateStore:
     def _calls(self, keys: Sequence[str], limit: int) -> list[list[tuple[int, list[int]]]]:
         """Keys grouped by bucket, the groups packed into calls of at most ``limit`` keys: one
         bucket per call in a cluster (a call stays in one slot), several on one node."""
-        crc = binascii.crc_hqx
-        bk = np.fromiter((crc(k.encode(), 0) for k in keys), np.int64, len(keys)) % BUCKETS
-        order = np.argsort(bk, kind="stable")
-        starts = np.flatnonzero(np.r_[True, bk[order][1:] != bk[order][:-1]])
+        by_bucket: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_bucket.setdefault(bucket_of(k), []).append(i)
         calls: list[list[tuple[int, list[int]]]] = []
         size = limit  # keys in the last call (full: start a new one)
-        for b, idx in zip(bk[order[starts]].tolist(), np.split(order, starts[1:]), strict=True):
+        for b, idx in by_bucket.items():
             for s in range(0, len(idx), limit):
-                part = idx[s : s + limit].tolist()
+                part = idx[s : s + limit]
                 if self.nodes.cross_slot and size + len(part) <= limit:
                     calls[-1].append((b, part))
                     size += len(part)
@@ -524,33 +513,29 @@ class RedisStateStore:
             return result
         t0 = time.perf_counter()
         lay = snap.layout  # the snapshot's own (a model switch may have moved the store on)
-        fixed, rows, bounds = snap.packed()
-        fixed_u8 = fixed.view(np.uint8).reshape(len(keys), lay.fixed_size)
-        counts = np.diff(bounds)
+        fixed_parts, new_rows = snap.blobs()
         calls = []
         for groups in self._calls(keys, self.chunk):
-            names, heads = [], []
+            names, counts, recs = [], [], []
             for b, part in groups:
                 names.append(self._epoch_key(b))
                 prefix = f"{self.namespace}:{lay.version}:{TAGS[b]}:"  # (= record_key's)
                 names += [prefix + keys[i] for i in part]
-                heads += [len(part), self.epochs[b]]
-            idx = np.fromiter((i for _, part in groups for i in part), np.int64)
-            n = counts[idx]  # each record's new rows, gathered in this call's order
-            at = np.repeat(bounds[idx] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+                counts += [len(part), self.epochs[b]]
+                recs += [x for i in part for x in (fixed_parts[i], new_rows[i])]
             args = (
                 "EVALSHA", WRITE_SHA, len(names), *names,
-                self.ttl_ms, lay.record_size, lay.fixed_size, lay.row_bytes, len(groups), *heads,
-                fixed_u8[idx].tobytes(), n.astype("<u2").tobytes(), rows[at].tobytes(),
+                self.ttl_ms, lay.record_size, lay.fixed_size, lay.row_bytes, len(groups),
+                *counts, *recs,
             )  # fmt: skip
-            calls.append(Call(self._slot(groups), args, groups, len(idx)))
+            calls.append(Call(self._slot(groups), args, groups, sum(len(p) for _, p in groups)))
         replies = self._round("writing state to", calls, wait=self.min_replicas)
         self._rtt("save", t0)
         lost: dict[int, object] = {}
         for call, (written, refused, wiped) in zip(calls, replies, strict=True):
-            order = [i for _, part in call.groups for i in part]
+            idx = [i for _, part in call.groups for i in part]
             result.written += int(written)
-            result.refused += [keys[order[int(r) - 1]] for r in refused]
+            result.refused += [keys[idx[int(r) - 1]] for r in refused]
             for g in wiped:
                 lost[call.groups[int(g) - 1][0]] = None
         if lost:
