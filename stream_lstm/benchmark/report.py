@@ -61,8 +61,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             "End-to-end latency (input message timestamp → forecast message timestamp) at fixed offered loads:",
             "",
-            "| runtime | keys | offered | achieved | p50 | p95 | p99 | max | worker CPU | worker RSS | snapshot stall (mean, cycles) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| runtime | keys | offered | achieved | p50 | p95 | p99 | max | worker CPU | worker RSS | snapshot stall (mean, cycles) | Redis AOF rewrites in it |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for x in r["latency"]:
             ms = x["latency_ms"]
@@ -71,7 +71,7 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(
                 f"| {x.get('runtime', 'confluent')} | {x['keys']:,} | {x['offered_events_per_s']:,} | {x['achieved_events_per_s']:,.0f} | {ms['p50']:.1f} ms "
                 f"| {ms['p95']:.1f} ms | {ms['p99']:.1f} ms | {ms['max']:.0f} ms | {x['worker_cpu_percent']:.0f} % "
-                f"| {x['worker_rss_bytes'] / 2**20:.0f} MiB | {stall} |"
+                f"| {x['worker_rss_bytes'] / 2**20:.0f} MiB | {stall} | {_count(x.get('aof_rewrites_during'))} |"
             )
         lines.append("")
     if r.get("burst"):
@@ -94,7 +94,8 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             f"Drained **{b['drain_seconds']:.1f} s** after the burst ended (the producer took "
             f"{b['producer_seconds']:.1f} s for a {b['scheduled_seconds']:.0f} s schedule); worker CPU "
-            f"{b['worker_cpu_percent']:.0f} %, RSS {b['worker_rss_bytes'] / 2**20:.0f} MiB.",
+            f"{b['worker_cpu_percent']:.0f} %, RSS {b['worker_rss_bytes'] / 2**20:.0f} MiB; Redis AOF rewrites "
+            f"during it: {_count(b.get('aof_rewrites_during'))}.",
             "",
         ]
     if r.get("micro"):
@@ -131,3 +132,7 @@ def _variant(
         med = t["median_events_per_s"]
         out.append(f"| {t['keys']:,} | {med['worker']:,.0f} | {med[name]:,.0f} | {t[ratio]:.2f} |")
     return [*out, ""]
+
+
+def _count(n: int | None) -> str:
+    return "–" if n is None else f"{n}"

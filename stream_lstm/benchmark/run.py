@@ -142,6 +142,63 @@ def fresh_state(c: BenchConfig) -> None:
             r.close()
 
 
+def settle_aof(redis_url: str, console: Console, timeout_s: float = 300.0) -> None:
+    """Rewrite Redis's append-only file now and wait for it (when AOF is on).
+
+    The warm-up writes every key's whole record (~4 KB each), which grows the file past Redis's
+    auto-rewrite threshold; the rewrite it triggers (a fork, then seconds of serialising on the
+    cores the worker shares here) otherwise falls into the measured phase and puts the worker
+    seconds behind (measured 2026-11-29: p50 3.8 s at 5,000/s with a rewrite under the phase,
+    53 ms without). The measured phases report the rewrites that still happen in them."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    try:
+        if not r.info("persistence").get("aof_enabled"):
+            return
+        t0 = time.monotonic()
+        started = False
+        while time.monotonic() - t0 < timeout_s:
+            info = r.info("persistence")
+            busy = info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")
+            if not busy and started:
+                console.print(f"Redis's append-only file rewritten after the warm-up "
+                              f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
+                return
+            if not busy:
+                try:
+                    r.bgrewriteaof()
+                    started = True
+                except redis.ResponseError:
+                    pass  # one is starting (an RDB save first): wait for it
+            time.sleep(0.2)
+        console.print(
+            f"[yellow]Redis's append-only file rewrite still running after {timeout_s:.0f} s"
+        )
+    except redis.RedisError as e:
+        console.print(f"[yellow]could not rewrite Redis's append-only file ({e})")
+    finally:
+        r.close()
+
+
+def aof_rewrites(redis_url: str) -> int | None:
+    """Redis's count of append-only file rewrites so far (None: unknown)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    try:
+        n = r.info("persistence").get("aof_rewrites")
+        return int(n) if n is not None else None
+    except redis.RedisError:
+        return None
+    finally:
+        r.close()
+
+
+def _during(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else after - before
+
+
 def _watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     c = Consumer(reader_options({"bootstrap.servers": bootstrap, "group.id": "bench-wm"}))
     try:
@@ -350,13 +407,16 @@ def latency(
         # the warm-up's states written (a first write of every key takes seconds here): the
         # measured load starts on a worker in its steady state, not behind that write
         proc.wait_for("stream_lstm_state_writes_total", keys, timeout=300)
+        settle_aof(redis_url, console)
         time.sleep(1.0)
         rss_warm = proc.rss()
+        rw0 = aof_rewrites(redis_url)
         cpu0, t0 = proc.cpu_seconds(), time.perf_counter()
         paced = _Paced(bootstrap, t_in, events, rate)
         paced.start()
         paced.join()
         proc.wait_for("stream_lstm_forecasts_out_total", keys + n, timeout=300)
+        rewrites = _during(rw0, aof_rewrites(redis_url))
         cpu = 100 * (proc.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
         rss = proc.rss()
         stages = proc.stages()
@@ -377,6 +437,7 @@ def latency(
             "worker_rss_bytes": rss,
             "worker_rss_bytes_after_warmup": rss_warm,
             "worker_stages": stages,
+            "aof_rewrites_during": rewrites,
         }
         ms = res["latency_ms"]
         console.print(
@@ -417,12 +478,15 @@ def burst(
         # the warm-up's states written (a first write of every key takes seconds here): the
         # measured load starts on a worker in its steady state, not behind that write
         proc.wait_for("stream_lstm_state_writes_total", keys, timeout=300)
+        settle_aof(redis_url, console)
         time.sleep(1.0)
+        rw0 = aof_rewrites(redis_url)
         cpu0, t0 = proc.cpu_seconds(), time.perf_counter()
         paced = _Paced(bootstrap, t_in, events, c.burst)
         paced.start()
         paced.join()
         proc.wait_for("stream_lstm_forecasts_out_total", keys + n, timeout=600)
+        rewrites = _during(rw0, aof_rewrites(redis_url))
         cpu = 100 * (proc.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
         rss = proc.rss()
         proc.stop()
@@ -457,6 +521,7 @@ def burst(
             "scheduled_seconds": float(sum(s for _, s in c.burst)),
             "worker_cpu_percent": cpu,
             "worker_rss_bytes": rss,
+            "aof_rewrites_during": rewrites,
         }
         steps = " → ".join(f"{r:,}/s" for r, _ in c.burst)
         console.print(
