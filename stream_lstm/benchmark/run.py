@@ -169,8 +169,9 @@ def settle_aof(redis_url: str, console: Console, timeout_s: float = 300.0) -> No
                 try:
                     r.bgrewriteaof()
                     started = True
-                except redis.ResponseError:
-                    pass  # one is starting (an RDB save first): wait for it
+                except redis.ResponseError as e:
+                    if "progress" not in str(e):  # (in progress: one is starting; wait for it)
+                        raise
             time.sleep(0.2)
         console.print(
             f"[yellow]Redis's append-only file rewrite still running after {timeout_s:.0f} s"
