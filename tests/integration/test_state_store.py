@@ -15,14 +15,20 @@ from tests.unit.test_state import feed
 LAY = Layout("abcdefabcdef", 2, 8, 6, 3)
 
 
-def test_delta_writes_match_the_reference_and_refuse_older_offsets(services: Services) -> None:
+def _setup(
+    services: Services, chunk: int, keys: list[str]
+) -> tuple[str, RedisStateStore, MemoryStore, StateCache, np.ndarray]:
+    """A store on the real Redis, the in-memory reference, a cache holding ``keys``."""
     ns = unique("ns")
-    store = RedisStateStore(services.redis_url, ns, LAY, ttl_ms=60_000, chunk=3)
+    store = RedisStateStore(services.redis_url, ns, LAY, ttl_ms=60_000, chunk=chunk)
     store.connect()
-    ref = MemoryStore(LAY)
-    c = StateCache(LAY, np.zeros((2, 8)), np.zeros((2, 8)), keep_windows=False, capacity=8)
+    c = StateCache(LAY, np.zeros((2, 8)), np.zeros((2, 8)), keep_windows=False, capacity=16)
+    return ns, store, MemoryStore(LAY), c, c.allocate(keys, [0] * len(keys))
+
+
+def test_delta_writes_match_the_reference_and_refuse_older_offsets(services: Services) -> None:
     keys = [f"k{i}" for i in range(7)]
-    slots = c.allocate(keys, [0] * 7)
+    _, store, ref, c, slots = _setup(services, 3, keys)
     rng = np.random.default_rng(1)
     client = redis.Redis.from_url(services.redis_url)
     for cycle in range(5):
@@ -56,13 +62,8 @@ def test_a_wiped_bucket_is_skipped_and_the_other_records_of_its_call_land_whole(
 ) -> None:
     """One script call carries several buckets (one node): the records after a bucket whose
     epoch marker is gone get their own fixed parts and rows, not their neighbours'."""
-    ns = unique("ns")
-    store = RedisStateStore(services.redis_url, ns, LAY, ttl_ms=60_000, chunk=64)
-    store.connect()
-    ref = MemoryStore(LAY)
-    c = StateCache(LAY, np.zeros((2, 8)), np.zeros((2, 8)), keep_windows=False, capacity=16)
     keys = [f"w{i}" for i in range(12)]
-    slots = c.allocate(keys, [0] * 12)
+    ns, store, ref, c, slots = _setup(services, 64, keys)
     feed(c, slots, 2, t0=0)
     snap = c.snapshot(c.dirty_slots())
     c.dirty[:] = False
