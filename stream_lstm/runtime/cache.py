@@ -100,7 +100,10 @@ class StateCache:
         n_old = 0 if not hasattr(self, "h") else self.h.shape[0]
 
         def grow(name: str, shape: tuple[int, ...], dtype: type, fill: object = 0) -> None:
-            arr: np.ndarray = np.full((cap, *shape), fill, dtype=dtype)
+            # zeros come from calloc: the pages of slots not used yet are not resident
+            arr: np.ndarray = (
+                np.zeros((cap, *shape), dtype) if fill == 0 else np.full((cap, *shape), fill, dtype)
+            )
             if n_old:
                 arr[:n_old] = getattr(self, name)
             setattr(self, name, arr)
@@ -275,6 +278,9 @@ class StateCache:
         lay = self.layout
         slots = np.sort(np.asarray(slots, dtype=np.int64))
         n = len(slots)
+        if not n:  # an idle cycle: the spare buffer (as large as the last write) is let go
+            with self._spare_lock:
+                self._spare = None
         hdr = np.empty(n, dtype=HEADER)
         hdr["magic"] = MAGIC
         hdr["version"] = lay.version.encode()[:12]

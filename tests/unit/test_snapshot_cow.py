@@ -166,3 +166,20 @@ def test_a_written_snapshot_lends_its_buffer_to_the_next() -> None:
     tick(c, slots[:2], 3.0)
     small = c.snapshot(c.dirty_slots())
     assert stored(small) == {"k0": (3.0, -3.0, 3.0, 2), "k1": (3.0, -3.0, 3.0, 2)}
+
+
+def test_an_idle_cycle_lets_the_spare_buffer_go() -> None:
+    """A worker with nothing dirty does not keep a buffer the size of its last write."""
+    c = cache(capacity=64)
+    slots = c.allocate([f"k{i}" for i in range(40)], [0] * 40)
+    tick(c, slots, 1.0)
+    first = c.snapshot(c.dirty_slots())
+    c.dirty[:] = False
+    buf = first.fixed.base
+    first.release()
+    idle = c.snapshot(c.dirty_slots())  # the commit cycle's store check: no key dirty
+    assert len(idle.keys) == 0
+    tick(c, slots[:30], 2.0)
+    second = c.snapshot(c.dirty_slots())
+    assert second.fixed.base is not buf, "the idle cycle released the spare"
+    assert stored(second) == {f"k{i}": (2.0, -2.0, 2.0, 1) for i in range(30)}
