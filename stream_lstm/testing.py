@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from stream_lstm.data.loading import KEY, TS
+from stream_lstm.data.names import KEY, TS
 from stream_lstm.runtime.events import InMessage, encode_event
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stream_lstm.data.names import DEFAULT_KEY, KEY, SEGMENT, TS, format_interval
 from stream_lstm.errors import DataError
 
-DEFAULT_KEY = "default"  # the key of a file without a key column
-KEY, TS, SEGMENT = "key", "ts", "segment"
 FILL_POLICIES = ("interpolate", "ffill", "zero")
 
 
@@ -67,15 +66,6 @@ class LoadReport:
         if self.anomalies_repaired:
             out.append(f"anomalies repaired (against the seasonal pattern): {repaired or 'none'}")
         return out
-
-
-def format_interval(ms: int) -> str:
-    if ms <= 0:
-        return "unknown"
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stream_lstm.data.loading import TS
+from stream_lstm.data.names import TS
 from stream_lstm.errors import DataError
 
 SPLITS = ("train", "val", "test")

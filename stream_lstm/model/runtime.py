@@ -10,16 +10,19 @@ scale; :meth:`Forecaster.to_original` maps them back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from stream_lstm.data.calendar import calendar_features
-from stream_lstm.data.loading import KEY, TS
+from stream_lstm.data.names import KEY, TS
 from stream_lstm.model.artifact import Artifact
 from stream_lstm.model.cnn_lstm_attn import CNNLSTMAttention
 from stream_lstm.model.lstm import LSTMForecaster
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Forecaster:

@@ -10,12 +10,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from stream_lstm.errors import ModelError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MODES = ("global", "per-key")
 MIN_STD = 1e-6

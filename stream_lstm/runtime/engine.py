@@ -15,9 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-import pandas as pd
 
-from stream_lstm.data.loading import format_interval
+from stream_lstm.data.names import format_interval
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.runtime import Forecaster, previous_rows
 from stream_lstm.runtime.cache import StateCache
@@ -273,7 +272,7 @@ class Engine:
         self._track_offsets(batch)  # first: offsets that went back may mean a re-created topic
         dec = self.decoder.decode_batch(batch)
         keys = np.asarray(dec.keys, dtype=object)
-        codes, uniq = pd.factorize(keys)  # key id per event, unique keys in first-seen order
+        codes, uniq = _factorize(dec.keys)  # key id per event, unique keys in first-seen order
         parts, offs = batch.partitions[dec.index], batch.offsets[dec.index]
         t1 = time.perf_counter()
 
@@ -381,9 +380,9 @@ class Engine:
         a_codes = codes[a_idx]
         prev = self.cache.last_v[slot_ev[a_idx]]  # [n, F]: NaN for a key with no history
         complete = ~gap.any(axis=1) | ~np.isnan(prev).any(axis=1)
-        started = pd.Series(complete).groupby(a_codes).cummax().to_numpy(bool)
+        started = _running_max(complete, a_codes)
         vals[~started] = np.nan
-        filled = pd.DataFrame(vals).groupby(a_codes, sort=False).ffill().to_numpy(np.float32)
+        filled = _forward_fill(vals, a_codes)
         filled = np.where(np.isnan(filled), prev, filled)
         self.metrics.missing_filled.inc(int(gap[started].sum()))
         dec.values[a_idx[started]] = filled[started]
@@ -406,7 +405,7 @@ class Engine:
         if s_idx.size == 0:
             return np.zeros(0, bool), np.zeros(0, bool)
         s_codes, s_ts = codes[s_idx], ts[s_idx]
-        incl = pd.Series(s_ts).groupby(s_codes).cummax().to_numpy()  # max so far, inclusive
+        incl = _running_max(s_ts, s_codes)  # max so far, inclusive
         before = np.r_[NO_TS, incl[:-1]]  # exclusive: the max before each event ...
         before[np.r_[True, s_codes[1:] != s_codes[:-1]]] = NO_TS  # ... within its own key
         # late or duplicate events never raise the max, so including them above is harmless
@@ -679,3 +678,43 @@ class Engine:
         n = self.cache.evict(self.cache.slots_of_partitions({p for _, p in tps}))
         self.metrics.cached_keys.set(len(self.cache))
         return n
+
+
+# -- grouping by key without pandas (the worker does not import it: ~70 MiB of RSS) ----------
+def _factorize(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Key id per event, and the unique keys in first-seen order."""
+    ids: dict[str, int] = {}
+    codes = np.fromiter((ids.setdefault(k, len(ids)) for k in keys), np.int64, len(keys))
+    uniq = np.empty(len(ids), dtype=object)
+    uniq[:] = list(ids)
+    return codes, uniq
+
+
+def _running_max(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Per group of ``codes``, the largest of ``values`` up to and including each element
+    (any order of the groups; the order within a group is the order given)."""
+    if not len(values):
+        return values.copy()
+    order = np.argsort(codes, kind="stable")
+    levels, rank = np.unique(values, return_inverse=True)
+    sc = codes[order]
+    base = np.r_[0, np.cumsum(sc[1:] != sc[:-1])] * len(levels)  # each group above the last
+    out = np.empty_like(values)
+    out[order] = levels[np.maximum.accumulate(base + rank.reshape(-1)[order]) - base]
+    return out
+
+
+def _forward_fill(vals: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``vals`` ``[n, F]`` with each NaN replaced by the last value of its column that is not
+    NaN earlier in its group of ``codes`` (NaN when there is none)."""
+    if not len(vals):
+        return vals.copy()
+    order = np.argsort(codes, kind="stable")
+    sv, sc = vals[order], codes[order]
+    pos = np.arange(len(sv))
+    start = np.maximum.accumulate(np.where(np.r_[True, sc[1:] != sc[:-1]], pos, 0))
+    last = np.maximum.accumulate(np.where(np.isnan(sv), -1, pos[:, None]), axis=0)
+    got = sv[np.maximum(last, 0), np.arange(sv.shape[1])]
+    out = np.empty_like(vals)
+    out[order] = np.where(last >= start[:, None], got, np.nan)
+    return out

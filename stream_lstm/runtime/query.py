@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stream_lstm.data.loading import format_interval
+from stream_lstm.data.names import format_interval
 from stream_lstm.model.lstm import LSTMForecaster
 from stream_lstm.model.runtime import Forecaster, previous_rows
 from stream_lstm.runtime.events import ForecastEncoder, ForecastOut, decode_forecast

@@ -34,7 +34,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from stream_lstm.data.calendar import MS_PER_DAY
-from stream_lstm.data.loading import KEY, TS
+from stream_lstm.data.names import KEY, TS
 from stream_lstm.data.splits import SPLITS, SplitPoints
 from stream_lstm.errors import DataError
 from stream_lstm.model.artifact import write_file

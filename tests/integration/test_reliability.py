@@ -26,7 +26,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     NewTopic,
 )
 
-from stream_lstm.data.loading import KEY, TS, load_frame
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import KEY, TS
 from stream_lstm.data.synthetic import synthetic_frame
 from stream_lstm.runtime.events import decode_forecast, encode_event
 from tests.integration.conftest import Services

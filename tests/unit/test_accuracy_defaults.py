@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from stream_lstm.data.loading import KEY, TS, load_frame
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import KEY, TS
 from stream_lstm.errors import ConfigError
 from stream_lstm.model.artifact import Artifact, build_module, load_artifact
 from stream_lstm.model.cnn_lstm_attn import CNNLSTMAttention

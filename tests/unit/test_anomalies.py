@@ -17,7 +17,8 @@ from stream_lstm.data.anomalies import (
     seasonal_baseline,
 )
 from stream_lstm.data.datasets import preset
-from stream_lstm.data.loading import KEY, SEGMENT, TS, SeriesSpec, load_frame, regularize
+from stream_lstm.data.loading import SeriesSpec, load_frame, regularize
+from stream_lstm.data.names import KEY, SEGMENT, TS
 
 STEP = 900_000  # 15 minutes
 S = 96  # steps per day

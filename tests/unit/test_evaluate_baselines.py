@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 
 from stream_lstm.commands._scores import print_scores
-from stream_lstm.data.loading import KEY, TS
+from stream_lstm.data.names import KEY, TS
 from stream_lstm.data.splits import SplitPoints
 from stream_lstm.model.artifact import Artifact, build_module
 from stream_lstm.model.runtime import Forecaster
