@@ -47,7 +47,7 @@ import torch
 import stream_lstm
 from stream_lstm.data.anomalies import RepairRule
 from stream_lstm.data.datasets import preset
-from stream_lstm.data.loading import SeriesSpec
+from stream_lstm.data.names import SeriesSpec
 from stream_lstm.training.train import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -47,8 +47,8 @@ import pandas as pd
 import stream_lstm
 from stream_lstm.config import WorkerSettings, build_settings
 from stream_lstm.data.datasets import preset
-from stream_lstm.data.loading import SeriesSpec, load_frame
-from stream_lstm.data.names import KEY, TS
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import KEY, TS, SeriesSpec
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster

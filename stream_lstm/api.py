@@ -45,7 +45,8 @@ import pandas as pd
 import pydantic
 
 from stream_lstm.data.anomalies import RepairRule
-from stream_lstm.data.loading import SeriesSpec, load_frame, read_table
+from stream_lstm.data.loading import load_frame, read_table
+from stream_lstm.data.names import SeriesSpec
 from stream_lstm.data.splits import SplitPoints
 from stream_lstm.errors import ConfigError, DataError, StateError
 from stream_lstm.metrics import WorkerMetrics

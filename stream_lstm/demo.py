@@ -30,8 +30,8 @@ from rich.text import Text
 
 from stream_lstm.config import WorkerSettings, build_settings
 from stream_lstm.data.datasets import Preset
-from stream_lstm.data.loading import SeriesSpec, load_frame
-from stream_lstm.data.names import KEY, TS
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import KEY, TS, SeriesSpec
 from stream_lstm.drivers.confluent import Worker
 from stream_lstm.drivers.kafka_client import KafkaSink, make_admin
 from stream_lstm.kafka_readers import reader_options

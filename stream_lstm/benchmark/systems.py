@@ -175,6 +175,7 @@ class WorkerProcess:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
+                    "-P",  # not the working directory's stream_lstm: PYTHONPATH or the installed one
                     "-m",
                     "stream_lstm",
                     "worker",

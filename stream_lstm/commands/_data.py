@@ -8,7 +8,7 @@ from typing import Any
 
 from stream_lstm.config import DataSettings
 from stream_lstm.data.datasets import PRESETS, Preset, preset
-from stream_lstm.data.loading import SeriesSpec
+from stream_lstm.data.names import SeriesSpec
 from stream_lstm.errors import ConfigError
 
 

@@ -13,25 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stream_lstm.data.names import DEFAULT_KEY, KEY, SEGMENT, TS, format_interval
+from stream_lstm.data.names import DEFAULT_KEY, KEY, SEGMENT, TS, SeriesSpec, format_interval
 from stream_lstm.errors import DataError
 
 FILL_POLICIES = ("interpolate", "ffill", "zero")
-
-
-@dataclass(frozen=True)
-class SeriesSpec:
-    """Which columns of the file mean what."""
-
-    time_col: str
-    features: tuple[str, ...]
-    targets: tuple[str, ...]
-    key_col: str | None = None
-
-    @property
-    def value_cols(self) -> list[str]:
-        """Features then the targets that are not features (order is stable)."""
-        return list(dict.fromkeys([*self.features, *self.targets]))
 
 
 @dataclass

@@ -1,10 +1,13 @@
-"""Column names and the interval format shared by the data pipeline and the stream runtime.
+"""Column names, which columns of a file mean what (:class:`SeriesSpec`) and the interval
+format, shared by the data pipeline, the commands and the stream runtime.
 
 Kept apart from :mod:`stream_lstm.data.loading` so that the worker does not import pandas
 (~70 MiB of RSS and ~2 s of start-up) for a few names.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 DEFAULT_KEY = "default"  # the key of a file without a key column
 KEY, TS, SEGMENT = "key", "ts", "segment"
@@ -17,3 +20,18 @@ def format_interval(ms: int) -> str:
         if ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """Which columns of the file mean what."""
+
+    time_col: str
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    key_col: str | None = None
+
+    @property
+    def value_cols(self) -> list[str]:
+        """Features then the targets that are not features (order is stable)."""
+        return list(dict.fromkeys([*self.features, *self.targets]))

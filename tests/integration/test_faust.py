@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 
 from stream_lstm.data.datasets import preset
-from stream_lstm.data.loading import SeriesSpec, load_frame
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import SeriesSpec
 from stream_lstm.training.evaluate import stream_rows
 from tests.integration.conftest import Services
 from tests.integration.faults import WorkerProc

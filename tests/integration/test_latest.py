@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from stream_lstm.cli import main
-from stream_lstm.data.loading import SeriesSpec, load_frame
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import SeriesSpec
 from stream_lstm.replay import iter_events
 from stream_lstm.training.evaluate import stream_rows
 from tests.integration.conftest import Services

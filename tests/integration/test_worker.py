@@ -12,8 +12,8 @@ import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_lstm.data.datasets import preset
-from stream_lstm.data.loading import SeriesSpec, load_frame
-from stream_lstm.data.names import KEY
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import KEY, SeriesSpec
 from stream_lstm.data.synthetic import synthetic_frame
 from stream_lstm.model.artifact import load_artifact
 from stream_lstm.model.runtime import Forecaster

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_lstm.data.loading import SeriesSpec
+from stream_lstm.data.names import SeriesSpec
 from stream_lstm.data.synthetic import synthetic_frame
 from stream_lstm.training.train import TrainOptions, train
 

@@ -219,7 +219,7 @@ def test_train_cli_help_documents_norm_and_search(capsys: pytest.CaptureFixture[
 def test_auto_selection_reports_a_settings_error_as_one(synth_csv: Path, tmp_path: Path) -> None:
     """--norm auto trains candidates; a mistake common to all is the user's error, not an
     AssertionError after every candidate was skipped."""
-    from stream_lstm.data.loading import SeriesSpec
+    from stream_lstm.data.names import SeriesSpec
     from stream_lstm.errors import DataError
 
     bad = SeriesSpec("ts", ("zz",), ("f0",), "key")

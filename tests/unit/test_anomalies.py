@@ -17,8 +17,8 @@ from stream_lstm.data.anomalies import (
     seasonal_baseline,
 )
 from stream_lstm.data.datasets import preset
-from stream_lstm.data.loading import SeriesSpec, load_frame, regularize
-from stream_lstm.data.names import KEY, SEGMENT, TS
+from stream_lstm.data.loading import load_frame, regularize
+from stream_lstm.data.names import KEY, SEGMENT, TS, SeriesSpec
 
 STEP = 900_000  # 15 minutes
 S = 96  # steps per day

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 import stream_lstm as sl
-from stream_lstm.data.loading import SeriesSpec, load_frame
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import SeriesSpec
 from stream_lstm.data.synthetic import synthetic_frame
 from stream_lstm.errors import StateError
 from stream_lstm.model.artifact import load_artifact

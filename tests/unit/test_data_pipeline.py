@@ -10,8 +10,8 @@ import pytest
 
 from stream_lstm.data.anomalies import RepairRule, flag_anomalies, repair_frame, repair_series
 from stream_lstm.data.calendar import calendar_features
-from stream_lstm.data.loading import LoadReport, SeriesSpec, load_frame, regularize
-from stream_lstm.data.names import KEY, SEGMENT, TS
+from stream_lstm.data.loading import LoadReport, load_frame, regularize
+from stream_lstm.data.names import KEY, SEGMENT, TS, SeriesSpec
 from stream_lstm.data.splits import split_points
 from stream_lstm.data.windows import horizon_targets, sliding_windows
 from stream_lstm.errors import DataError

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from stream_lstm.data.loading import SeriesSpec, load_frame
-from stream_lstm.data.names import KEY, TS
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import KEY, TS, SeriesSpec
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.artifact import load_artifact, save_artifact
 from stream_lstm.model.lstm import LSTMForecaster

@@ -57,8 +57,12 @@ def test_the_worker_does_not_import_pandas() -> None:
     """pandas costs the worker ~70 MiB of RSS and ~2 s of start-up; only the offline commands
     (train, predict, evaluate, replay from a file) and a model's calendar in a time zone other
     than UTC (the default) need it."""
-    code = (
-        "import sys, stream_lstm.commands.worker, stream_lstm.drivers.confluent; "
+    code = (  # the CLI as `stream-lstm worker` builds it, then what the worker imports to run
+        "import contextlib, io, sys\n"
+        "from stream_lstm import cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    cli.main(['worker', '--help'])\n"
+        "import stream_lstm.commands.worker, stream_lstm.drivers.confluent\n"
         "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from stream_lstm.data.loading import SeriesSpec, load_frame
-from stream_lstm.data.names import KEY, TS
+from stream_lstm.data.loading import load_frame
+from stream_lstm.data.names import KEY, TS, SeriesSpec
 from stream_lstm.errors import ModelError
 from stream_lstm.model.artifact import content_version, load_artifact
 from stream_lstm.model.runtime import Forecaster, previous_rows
