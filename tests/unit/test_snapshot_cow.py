@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stream_lstm.runtime.cache import StateCache
-from stream_lstm.stores.record import Layout, apply_delta, decode_any
+from stream_lstm.stores.record import Layout, Snapshot, apply_delta, decode_any
 
 # scored: the score block is copied on write too
 LAY = Layout("cowcowcowcow", 2, 4, 3, 2, targets=1, score_ring=3, steps=2, stats=1)
@@ -145,12 +145,18 @@ def test_the_writer_thread_copies_while_the_hot_loop_ticks() -> None:
     assert got == expected
 
 
-def test_a_written_snapshot_lends_its_buffer_to_the_next() -> None:
+def forty_keys_snapshotted() -> tuple[StateCache, np.ndarray, Snapshot]:
+    """A cache of 40 keys, all ticked once, and the snapshot of them (not released yet)."""
     c = cache(capacity=64)
     slots = c.allocate([f"k{i}" for i in range(40)], [0] * 40)
     tick(c, slots, 1.0)
     first = c.snapshot(c.dirty_slots())
     c.dirty[:] = False
+    return c, slots, first
+
+
+def test_a_written_snapshot_lends_its_buffer_to_the_next() -> None:
+    c, slots, first = forty_keys_snapshotted()
     before = stored(first)
     buf = first.fixed.base
     first.release()
@@ -170,11 +176,7 @@ def test_a_written_snapshot_lends_its_buffer_to_the_next() -> None:
 
 def test_an_idle_cycle_lets_the_spare_buffer_go() -> None:
     """A worker with nothing dirty does not keep a buffer the size of its last write."""
-    c = cache(capacity=64)
-    slots = c.allocate([f"k{i}" for i in range(40)], [0] * 40)
-    tick(c, slots, 1.0)
-    first = c.snapshot(c.dirty_slots())
-    c.dirty[:] = False
+    c, slots, first = forty_keys_snapshotted()
     buf = first.fixed.base
     first.release()
     idle = c.snapshot(c.dirty_slots())  # the commit cycle's store check: no key dirty
