@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from stream_lstm.data.names import format_interval
+from stream_lstm.errors import StreamLSTMError
 from stream_lstm.metrics import WorkerMetrics
 from stream_lstm.model.runtime import Forecaster, previous_rows
 from stream_lstm.runtime.cache import StateCache
@@ -554,6 +555,8 @@ class Engine:
         for p in np.unique(parts):
             offs = batch.offsets[parts == p]
             ranges.append(((batch.topic, int(p)), int(offs.min()), int(offs.max())))
+        if any(tp not in self._consumed for tp, _, _ in ranges):
+            self._check_topic_at_first_read(batch.topic)
         for tp, lo, _ in ranges:
             seen = self._consumed.get(tp)
             if seen is not None and lo <= seen:
@@ -563,6 +566,23 @@ class Engine:
             self._consumed[tp] = hi
             if not self._quiet:  # (catch-up events: their offsets are committed already)
                 self.pending[tp] = hi + 1
+
+    def _check_topic_at_first_read(self, topic: str) -> None:
+        """A partition's first events since the start, an assignment or a rewind: nothing read
+        before them shows offsets going back, yet the topic may have been re-created since its
+        id was read (a worker idle at the end of the old topic reads the new one from 0), and
+        the cached and stored keys' offset guard would take its events for applied ones."""
+        if self.topic_id_now is None or self.topic_id == NO_TOPIC:
+            return
+        try:
+            now = self.topic_id_now(topic)
+        except StreamLSTMError as e:
+            log.warning(
+                "reading the id of %s at a first read: %s (the periodic check will)", topic, e
+            )
+            return
+        if now not in (NO_TOPIC, self.topic_id):
+            self.input_topic_recreated(topic, now, "its id changed before a partition's first read")
 
     def _offsets_went_back(self, tp: tuple[str, int], seen: int, now: int) -> None:
         topic_id = self.topic_id_now(tp[0]) if self.topic_id_now is not None else NO_TOPIC

@@ -285,6 +285,37 @@ def test_a_recreated_input_topic_is_consumed_not_skipped(
     assert_parity(synth_model, frame, got)  # each key's state carried on across the topics
 
 
+def test_a_topic_recreated_under_a_restarted_idle_worker_is_consumed_not_skipped(
+    services: Services,
+    topic_factory: Callable[..., str],
+    group_id: str,
+    synth_model: Path,
+    synth_data: Path,
+    admin: AdminClient,
+) -> None:
+    """An outside trial (2026-11-29): a worker restarted at the end of the topic, its cache
+    empty, then the topic re-created: 200 of 200 new events skipped as 'already applied' (no
+    offset had gone back in that process) and their offsets committed."""
+    frame, _ = load_frame(synth_data, SYNTH)
+    events = events_of(frame, SYNTH)
+    topics = make_topics(topic_factory, partitions=2)
+    s = settings(synth_model, services.bootstrap, services.redis_url, topics, group_id)
+    with running_worker(s):
+        produce(services.bootstrap, topics.input, events[:900])
+        wait_for(lambda: committed_total(services.bootstrap, group_id, topics, 2) == 900, 60,
+                 "the first part")  # fmt: skip
+    with running_worker(s) as w:  # the same group: nothing left to read, nothing cached
+        wait_for(lambda: w.metric("stream_lstm_assigned_partitions") == 2, 60, "the assignment")
+        recreate(admin, topics.input, 2)
+        produce(services.bootstrap, topics.input, events[900:])
+        wait_for(lambda: w.metric("stream_lstm_forecasts_out_total") >= len(events) - 900, 90,
+                 "the events of the new topic")  # fmt: skip
+        assert w.metric("stream_lstm_replayed_skipped_total") == 0
+        assert w.metric("stream_lstm_input_offset_resets_total", outcome="recreated") == 1
+    got = forecasts_frame(read_topic(services.bootstrap, topics.output), "f0")
+    assert_parity(synth_model, frame, got)  # each key's state carried on across the topics
+
+
 def test_added_partitions_move_keys_without_skipping_their_events(
     services: Services,
     topic_factory: Callable[..., str],
