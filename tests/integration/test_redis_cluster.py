@@ -232,6 +232,10 @@ def test_sentinel_promotes_a_replica_and_the_worker_follows(
         redis_sentinel.kill_node(port)
         seen["old"], seen["new"] = old, redis_sentinel.wait_failover(port, timeout_s=60)
         redis_sentinel.start_node(port)  # back as the new master's replica (Sentinel says so)
+        # writes wait for a replica: until the sentinels have turned the killed node into one
+        # and it is linked (8-10 s and more), the worker cannot write, yet /readyz may still
+        # say ready from its last write before the kill (a CI run stopped it then: exit 1)
+        redis_sentinel.wait_ok(90)
         wait_for(lambda: ready(w), 90, "the worker ready on the new master")
 
     w = _stream_with(
